@@ -1,0 +1,1 @@
+"""homerec evaluation: ranking metrics, baselines, offline reports, drift."""

@@ -1,0 +1,1 @@
+"""homerec serving: the FastAPI Home ranker."""

@@ -1,0 +1,1 @@
+"""homerec data management and experimentation: world, features, training sets, rankers."""

@@ -1,0 +1,36 @@
+"""One settings object for every homerec command, read from ``HOMEREC_*`` variables.
+
+Nothing reads the environment at import: callers build ``Settings()`` once and pass it on.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where homerec keeps its data and which Feast online store it uses."""
+
+    model_config = SettingsConfigDict(env_prefix="HOMEREC_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    """Root of every generated file: world/, features/, feast/ (registry, SQLite store)."""
+    feature_repo: Path = Path("feature_repo")
+    """The Feast feature repository (declarations and feature_store*.yaml)."""
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    """sqlite: embedded, no server. redis: Feast's Redis online store (production)."""
+    redis_connection: str = "localhost:6379"
+    """Feast Redis connection string (``host:port[,db=N][,password=...]``)."""
+
+    @property
+    def world_dir(self) -> Path:
+        return self.data_dir / "world"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.data_dir / "feast"

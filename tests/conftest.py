@@ -1,0 +1,103 @@
+"""Shared fixtures: small worlds, Feast stores on them, and a real redis-server on loopback."""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from training.feature_store import apply_definitions, materialize
+from training.features import build_features
+from training.settings import Settings
+from training.world import WorldConfig, generate_world
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMALL_WORLD = WorldConfig(listeners=300, days=35, seed=11)
+
+
+def project_settings(data_dir: Path, **overrides) -> Settings:
+    """Settings for a test data directory, with this checkout's feature_repo/."""
+    return Settings(data_dir=data_dir, feature_repo=REPO_ROOT / "feature_repo", **overrides)
+
+
+@pytest.fixture(scope="session")
+def small_world_store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A small generated world with features built, applied and materialized (SQLite)."""
+    settings = project_settings(tmp_path_factory.mktemp("small") / "data")
+    generate_world(SMALL_WORLD, settings.world_dir)
+    build_features(settings.world_dir, settings.features_dir)
+    apply_definitions(settings)
+    materialize(settings)
+    return settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server process on a free loopback port, owned by the test session."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server. Missing binary: skipped locally, a failure under CI=true."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (make test installs Debian's redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,209 @@
+"""Feature values on a tiny hand-made log, checked against values worked out by hand."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.features import build_features
+from training.schema import WorldPaths, coerce_table, write_world_meta
+
+START = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def at(day: int, hour: int) -> pd.Timestamp:
+    return START + pd.Timedelta(days=day, hours=hour)
+
+
+def snapshot(s: int) -> pd.Timestamp:
+    """Snapshot s is stamped at midnight after day s-1: it sees days 0..s-1."""
+    return START + pd.Timedelta(days=s)
+
+
+def write_world(root: Path, listeners, items, events, days: int) -> None:
+    paths = WorldPaths(root)
+    root.mkdir(parents=True)
+    coerce_table(pd.DataFrame(listeners), "listeners").to_parquet(paths.listeners)
+    coerce_table(pd.DataFrame(items), "items").to_parquet(paths.items)
+    frame = pd.DataFrame(events, columns=["listener_id", "item_id", "timestamp", "ms_played"])
+    kinds = {item["item_id"]: item["content_type"] for item in items}
+    frame["content_type"] = frame["item_id"].map(kinds)
+    frame["hour"] = frame["timestamp"].map(lambda ts: ts.hour)
+    coerce_table(frame, "events").to_parquet(paths.events)
+    write_world_meta(
+        paths, {"source": "test", "start": START.isoformat(), "end": snapshot(days).isoformat()}
+    )
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    """Two listeners, three items, six plays over a 40-day world.
+
+    L1 (old account): show_a on day 0 08:00 (10 of 20 min) and day 1 08:00 (20 min);
+        album_b on day 1 20:00 (1 min) and day 8 21:00 (2 min).
+    L2 (signs up day 3 09:00): album_b day 3 10:00 (4 min); playlist_c day 6 18:00 (30 min).
+    playlist_c is released on day 5 and editorial in SE.
+    """
+    root = tmp_path_factory.mktemp("hand")
+    listeners = [
+        {
+            "listener_id": "L1",
+            "market": "SE",
+            "age_bucket": "25-34",
+            "platform": "ios",
+            "signup_at": START - pd.Timedelta(days=100),
+        },
+        {
+            "listener_id": "L2",
+            "market": "SE",
+            "age_bucket": "18-24",
+            "platform": "web",
+            "signup_at": at(3, 9),
+        },
+    ]
+    items = [
+        {
+            "item_id": "show_a",
+            "content_type": "show",
+            "genre": "news",
+            "market": "SE",
+            "released_at": START - pd.Timedelta(days=50),
+            "is_editorial": False,
+            "duration_ms": 1_200_000,
+        },
+        {
+            "item_id": "album_b",
+            "content_type": "album",
+            "genre": "rock",
+            "market": "SE",
+            "released_at": START - pd.Timedelta(days=10),
+            "is_editorial": False,
+            "duration_ms": 240_000,
+        },
+        {
+            "item_id": "playlist_c",
+            "content_type": "playlist",
+            "genre": "pop",
+            "market": "SE",
+            "released_at": at(5, 12),
+            "is_editorial": True,
+            "duration_ms": 3_600_000,
+        },
+    ]
+    events = [
+        ("L1", "show_a", at(0, 8), 600_000),
+        ("L1", "show_a", at(1, 8), 1_200_000),
+        ("L1", "album_b", at(1, 20), 60_000),
+        ("L1", "album_b", at(8, 21), 120_000),
+        ("L2", "album_b", at(3, 10), 240_000),
+        ("L2", "playlist_c", at(6, 18), 1_800_000),
+    ]
+    write_world(root / "world", listeners, items, events, days=40)
+    build_features(root / "world", root / "features")
+    return {
+        name: pd.read_parquet(root / "features" / f"{name}.parquet")
+        for name in (
+            "listener_profile",
+            "item_stats",
+            "listener_item",
+            "listener_familiar",
+            "segment_popular",
+            "market_editorial",
+            "item_neighbours",
+        )
+    }
+
+
+def row(frame: pd.DataFrame, when: pd.Timestamp, **keys) -> pd.Series:
+    mask = frame["event_timestamp"] == when
+    for column, value in keys.items():
+        mask &= frame[column] == value
+    assert mask.sum() == 1, f"expected one row for {keys} at {when}, found {mask.sum()}"
+    return frame[mask].iloc[0]
+
+
+def test_listener_profile_counts_only_the_past(tables):
+    # Snapshot 2 sees days 0 and 1: show_a twice, album_b once.
+    l1 = row(tables["listener_profile"], snapshot(2), listener_id="L1")
+    assert (l1.plays_7d_show, l1.plays_7d_album, l1.plays_7d_playlist) == (2, 1, 0)
+    assert l1.plays_28d_show == 2
+    assert l1.days_since_last_play == 1  # last play on day 1, snapshot at the end of day 1
+    assert l1.active_days_28d == 2
+    assert l1.distinct_items_28d == 2
+    assert l1.minutes_28d == pytest.approx((600_000 + 1_200_000 + 60_000) / 60_000)
+    assert l1.share_morning_28d == pytest.approx(2 / 3)
+    assert l1.share_evening_28d == pytest.approx(1 / 3)
+    assert list(l1.top_genres_28d) == ["news", "rock"]
+    np.testing.assert_allclose(l1.top_genre_shares_28d, [2 / 3, 1 / 3])
+    assert l1.account_age_days == 102
+
+
+def test_windows_forget_old_plays(tables):
+    # Snapshot 10 (days 0..9): the 7-day window holds days 3..9, so only album_b on day 8.
+    l1 = row(tables["listener_profile"], snapshot(10), listener_id="L1")
+    assert (l1.plays_7d_show, l1.plays_7d_album) == (0, 1)
+    assert (l1.plays_28d_show, l1.plays_28d_album) == (2, 2)
+    assert l1.days_since_last_play == 2
+    # Snapshot 30 (days 0..29): the 28-day window holds days 2..29, so day 8 only.
+    late = row(tables["listener_profile"], snapshot(30), listener_id="L1")
+    assert (late.plays_28d_show, late.plays_28d_album) == (0, 1)
+
+
+def test_new_listener_appears_after_signup(tables):
+    profile = tables["listener_profile"]
+    first = profile.loc[profile.listener_id == "L2", "event_timestamp"].min()
+    assert first == snapshot(4)  # signed up during day 3
+    l2 = row(profile, snapshot(4), listener_id="L2")
+    assert l2.account_age_days == 1
+    assert l2.plays_7d_album == 1 and l2.platform == "web"
+
+
+def test_item_stats(tables):
+    show = row(tables["item_stats"], snapshot(2), item_id="show_a")
+    assert (show.item_plays_7d, show.item_listeners_7d) == (2, 1)
+    assert show.item_completion_28d == pytest.approx((0.5 + 1.0) / 2)
+    assert show.item_age_days == 52
+    album = row(tables["item_stats"], snapshot(9), item_id="album_b")
+    assert (album.item_plays_28d, album.item_listeners_28d) == (3, 2)
+    # playlist_c exists from the first snapshot after its release (day 5).
+    stats = tables["item_stats"]
+    assert stats.loc[stats.item_id == "playlist_c", "event_timestamp"].min() == snapshot(6)
+
+
+def test_listener_item_familiarity_and_closing_row(tables):
+    pair = row(tables["listener_item"], snapshot(2), listener_id="L1", item_id="show_a")
+    assert (pair.pair_plays_7d, pair.pair_plays_28d, pair.pair_plays_total) == (2, 2, 2)
+    assert pair.pair_days_since_last_play == 1
+    assert pair.pair_share_28d == pytest.approx(2 / 3)
+    assert pair.pair_minutes_28d == pytest.approx(30.0)
+    # show_a was last played on day 1: in the 28-day window up to snapshot 29, then one
+    # closing row at snapshot 30 with zero 28-day plays, then nothing.
+    pairs = tables["listener_item"]
+    stamps = pairs.loc[(pairs.listener_id == "L1") & (pairs.item_id == "show_a"), "event_timestamp"]
+    assert stamps.max() == snapshot(30)
+    closing = row(pairs, snapshot(30), listener_id="L1", item_id="show_a")
+    assert (closing.pair_plays_28d, closing.pair_plays_total) == (0, 2)
+    assert closing.pair_days_since_last_play == 29
+
+
+def test_candidate_inputs(tables):
+    familiar = row(tables["listener_familiar"], snapshot(9), listener_id="L1")
+    # Two plays in 28 days each; the tie goes to the more recently played album_b (day 8).
+    assert list(familiar.familiar_items) == ["album_b", "show_a"]
+    popular = row(tables["segment_popular"], snapshot(7), segment_id="SE|all")
+    assert list(popular.popular_album) == ["album_b"]  # L1 (day 1) and L2 (day 3): 2 listeners
+    assert list(popular.popular_album_listeners_7d) == [2]
+    assert list(popular.popular_playlist) == ["playlist_c"]
+    editorial = tables["market_editorial"]
+    assert list(row(editorial, snapshot(5), market_id="SE").editorial_playlist) == []
+    assert list(row(editorial, snapshot(6), market_id="SE").editorial_playlist) == ["playlist_c"]
+
+
+def test_co_listening_neighbours(tables):
+    # Every pair of items shares at most one listener, below MIN_CO_LISTENERS: neighbour
+    # lists stay empty, yet every released item still has a row.
+    neighbours = tables["item_neighbours"]
+    last = neighbours[neighbours.event_timestamp == neighbours.event_timestamp.max()]
+    assert set(last.item_id) == {"show_a", "album_b", "playlist_c"}
+    assert all(len(value) == 0 for value in last.neighbours_album)

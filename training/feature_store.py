@@ -1,0 +1,119 @@
+"""Opening, applying and materializing homerec's Feast feature store.
+
+``feature_repo/`` stays a plain Feast repository (``feast -c feature_repo apply`` works on
+it); homerec opens the same repository with its paths pointed at ``Settings.data_dir`` and
+the online store chosen by ``Settings.online_store``.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+
+from training.schema import WorldPaths, read_world_meta
+from training.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "HOMEREC_DATA_DIR"
+"""The variable the declarations in feature_repo/ read their source paths from."""
+
+
+def feature_store_yaml(settings: Settings) -> Path:
+    """The feature_store*.yaml of the configured online store."""
+    name = "feature_store.redis.yaml" if settings.online_store == "redis" else "feature_store.yaml"
+    return settings.feature_repo / name
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """The repository's yaml, with registry and online store pointed where settings say."""
+    raw: dict[str, Any] = yaml.safe_load(os.path.expandvars(feature_store_yaml(settings).read_text()))
+    feast_dir = settings.feast_dir.resolve()
+    raw["registry"] = str(feast_dir / "registry.db")
+    if settings.online_store == "redis":
+        raw["online_store"]["connection_string"] = settings.redis_connection
+    else:
+        raw["online_store"]["path"] = str(feast_dir / "online_store.db")
+    config = RepoConfig(**raw)
+    config.repo_path = settings.feature_repo.resolve()
+    return config
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore on the settings' data directory and online store."""
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(settings))
+
+
+@contextlib.contextmanager
+def _declarations_environment(settings: Settings):
+    """Import context of the declarations: inside the repo, reading this data directory.
+
+    Feast imports repository files as top-level modules; they are dropped from
+    ``sys.modules`` so each apply reads the declarations for the current data directory.
+    """
+    repo = settings.feature_repo.resolve()
+    previous = os.environ.get(DATA_DIR_ENV)
+    os.environ[DATA_DIR_ENV] = str(settings.data_dir.resolve())
+    sys.path.insert(0, str(repo))
+    try:
+        with contextlib.chdir(repo):
+            for path in repo.glob("*.py"):
+                sys.modules.pop(path.stem, None)
+            yield repo
+    finally:
+        sys.path.remove(str(repo))
+        if previous is None:
+            os.environ.pop(DATA_DIR_ENV, None)
+        else:
+            os.environ[DATA_DIR_ENV] = previous
+
+
+def apply_definitions(settings: Settings) -> FeatureStore:
+    """``feast apply`` of feature_repo/ against the settings' registry and online store."""
+    store = open_store(settings)
+    with _declarations_environment(settings) as repo:
+        contents = parse_repo(repo)
+        apply_total_with_repo_instance(
+            store, store.project, store.registry, contents, skip_source_validation=False
+        )
+    logger.info(
+        "applied %d feature views and %d feature services",
+        len(contents.feature_views),
+        len(contents.feature_services),
+    )
+    return store
+
+
+def world_window(settings: Settings) -> tuple[datetime, datetime]:
+    """(start, end) of the world, as timezone-aware datetimes."""
+    meta = read_world_meta(WorldPaths(settings.world_dir))
+    start = pd.Timestamp(meta["start"]).tz_convert("UTC").normalize()
+    return start.to_pydatetime(), pd.Timestamp(meta["end"]).tz_convert("UTC").to_pydatetime()
+
+
+def materialize(settings: Settings, end: datetime | None = None) -> datetime:
+    """Load the online store with the latest feature values up to ``end`` (default: world end).
+
+    The first run materializes the whole world window; later runs continue incrementally
+    from where the previous one ended, as ``feast materialize-incremental`` does.
+    """
+    store = open_store(settings)
+    start, world_end = world_window(settings)
+    end = end or world_end
+    views = store.list_feature_views()
+    if all(view.most_recent_end_time is not None for view in views):
+        store.materialize_incremental(end_date=end)
+    else:
+        store.materialize(start_date=start, end_date=end)
+    logger.info("materialized %d feature views up to %s", len(views), end.isoformat())
+    return end

@@ -1,0 +1,736 @@
+"""Feature pipeline: the raw listening log -> daily snapshot tables, the offline sources of Feast.
+
+Snapshot semantics (the contract every table follows): the row stamped
+``event_timestamp = world start + s days`` (UTC midnight) is computed from events with
+``timestamp < event_timestamp`` only. A training row at a snapshot time therefore sees
+exactly the past, and the online store, materialized up to the world's end, serves the
+row stamped at the end: the same numbers.
+
+Tables written to ``<data_dir>/features/`` (one parquet file each, names in ``TABLES``):
+
+=====================  ==================  ======================================================
+table                  entity              what
+=====================  ==================  ======================================================
+listener_profile       listener_id         activity by content type over 7/28 days, recency,
+                                           account age, dayparts, top genres, market/platform
+item_stats             item_id             plays and unique listeners over 7/28 days,
+                                           completion, trend, age, dayparts, public attributes
+listener_item          listener_id,        familiarity: plays over 7/28 days and in total,
+                       item_id             recency, share of the listener's plays (Shortcuts)
+listener_familiar      listener_id         candidate input: the listener's familiar items
+item_neighbours        item_id             candidate input: co-listening neighbours per type
+segment_popular        segment_id          candidate input: popular items per market and age
+market_editorial       market_id           candidate input: editorial picks per market
+=====================  ==================  ======================================================
+
+``listener_item`` has a row for a pair at every snapshot where the pair was played in the
+last 28 days, plus one closing row (28-day counts zero) at the first snapshot after it
+stops; so the latest row of a pair (what the online store holds) always equals what a
+point-in-time join returns. ``item_neighbours`` is rebuilt every ``NEIGHBOUR_EVERY_DAYS``.
+
+Everything is vectorized numpy over dense (entity x day) count arrays; listeners are
+processed in chunks so memory stays bounded for large worlds.
+"""
+
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from training.schema import CONTENT_TYPES, WorldPaths, publish_dir, read_world_meta, staging_dir
+
+logger = logging.getLogger(__name__)
+
+DAY = pd.Timedelta(days=1)
+SHORT_WINDOW_DAYS = 7
+LONG_WINDOW_DAYS = 28
+WINDOWS = (SHORT_WINDOW_DAYS, LONG_WINDOW_DAYS)
+DAYPARTS: dict[str, tuple[int, int]] = {
+    "night": (0, 6),
+    "morning": (6, 12),
+    "afternoon": (12, 18),
+    "evening": (18, 24),
+}
+"""Local hour ranges [from, to) of the dayparts used for time-of-day habits."""
+TOP_GENRES = 5
+FAMILIAR_ITEMS = 30
+NEIGHBOURS_PER_TYPE = 20
+MIN_CO_LISTENERS = 2
+NEIGHBOUR_EVERY_DAYS = 7
+MAX_COLISTEN_LISTENERS = 100_000
+POPULAR_PER_TYPE = 50
+EDITORIAL_PER_TYPE = 50
+ALL_AGES = "all"
+TABLES = (
+    "listener_profile",
+    "item_stats",
+    "listener_item",
+    "listener_familiar",
+    "item_neighbours",
+    "segment_popular",
+    "market_editorial",
+)
+CELLS_PER_CHUNK = 40_000_000
+"""Upper bound on (pairs x days) cells of one listener chunk's dense arrays."""
+
+
+def segment_id(market: str, age_bucket: str) -> str:
+    """Key of a popularity segment: a market and an age bucket, or ``ALL_AGES``."""
+    return f"{market}|{age_bucket}"
+
+
+def _listener_segments(listeners: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each listener's two popularity segments: market and age bucket, and market alone."""
+    market = listeners["market"].to_numpy(dtype=str)
+    own = np.char.add(np.char.add(market, "|"), listeners["age_bucket"].to_numpy(dtype=str))
+    return own, np.char.add(market, f"|{ALL_AGES}")
+
+
+@dataclass(frozen=True)
+class EncodedWorld:
+    """A world as integer codes: listeners and items by row position, events by day index."""
+
+    start: pd.Timestamp
+    n_days: int
+    listeners: pd.DataFrame
+    items: pd.DataFrame
+    genres: np.ndarray
+    event_listener: np.ndarray
+    event_item: np.ndarray
+    event_day: np.ndarray
+    event_ms: np.ndarray
+    event_daypart: np.ndarray
+
+    @property
+    def snapshot_times(self) -> pd.DatetimeIndex:
+        """Snapshot ``s`` (1..n_days) is stamped ``start + s days``."""
+        return pd.DatetimeIndex([self.start + s * DAY for s in range(1, self.n_days + 1)])
+
+    @property
+    def item_type(self) -> np.ndarray:
+        return self.items["type_code"].to_numpy()
+
+
+def encode_world(world_dir: Path) -> EncodedWorld:
+    """Read a world and turn ids into dense integer codes (listeners and items sorted by id)."""
+    paths = WorldPaths(world_dir)
+    meta = read_world_meta(paths)
+    start = pd.Timestamp(meta["start"]).tz_convert("UTC").normalize()
+    end = pd.Timestamp(meta["end"]).tz_convert("UTC")
+    n_days = int(np.ceil((end - start) / DAY))
+    listeners = pd.read_parquet(paths.listeners).sort_values("listener_id", ignore_index=True)
+    items = pd.read_parquet(paths.items).sort_values("item_id", ignore_index=True)
+    events = pd.read_parquet(
+        paths.events, columns=["listener_id", "item_id", "timestamp", "ms_played", "hour"]
+    )
+    genres, genre_code = np.unique(items["genre"].to_numpy(dtype=str), return_inverse=True)
+    items = items.assign(
+        type_code=pd.Categorical(items["content_type"], categories=CONTENT_TYPES).codes,
+        genre_code=genre_code,
+        release_day=_day_index(items["released_at"], start),
+    )
+    listeners = listeners.assign(signup_day=_day_index(listeners["signup_at"], start))
+    event_listener = _codes(events["listener_id"], listeners["listener_id"], "listener_id")
+    event_item = _codes(events["item_id"], items["item_id"], "item_id")
+    bounds = np.array([lo for lo, _ in DAYPARTS.values()][1:])
+    return EncodedWorld(
+        start=start,
+        n_days=n_days,
+        listeners=listeners,
+        items=items,
+        genres=genres,
+        event_listener=event_listener,
+        event_item=event_item,
+        event_day=np.clip(_day_index(events["timestamp"], start), 0, n_days - 1),
+        event_ms=events["ms_played"].to_numpy(dtype=np.float64),
+        event_daypart=np.searchsorted(bounds, events["hour"].to_numpy(), side="right"),
+    )
+
+
+def _day_index(timestamps: pd.Series, start: pd.Timestamp) -> np.ndarray:
+    """Whole days from ``start`` (negative before it)."""
+    return np.floor((timestamps - start) / DAY).to_numpy(dtype=np.int64)
+
+
+def _codes(values: pd.Series, vocabulary: pd.Series, column: str) -> np.ndarray:
+    codes = pd.Index(vocabulary).get_indexer(values)
+    if (codes < 0).any():
+        unknown = values[codes < 0].iloc[0]
+        raise ValueError(f"events reference unknown {column} {unknown!r}")
+    return codes
+
+
+def _cumulative(daily: np.ndarray) -> np.ndarray:
+    """Prefix sums over the day axis (axis 1) with a leading zero: ``cum[:, s]`` = days < s."""
+    zero = np.zeros(daily.shape[:1] + (1,) + daily.shape[2:], dtype=daily.dtype)
+    return np.concatenate([zero, np.cumsum(daily, axis=1)], axis=1)
+
+
+def _window(cum: np.ndarray, days: int) -> np.ndarray:
+    """Sum over the ``days`` days before each snapshot s = 1..n: ``cum[:, s] - cum[:, s-days]``."""
+    n = cum.shape[1] - 1
+    snapshots = np.arange(1, n + 1)
+    return cum[:, snapshots] - cum[:, np.maximum(snapshots - days, 0)]
+
+
+def _last_day_before(active: np.ndarray) -> np.ndarray:
+    """For each row and snapshot s = 1..n, the last day < s with activity, or -1."""
+    days = np.where(active, np.arange(active.shape[1]), -1)
+    return np.maximum.accumulate(days, axis=1)
+
+
+def _daily(codes: np.ndarray, days: np.ndarray, n_rows: int, n_days: int, weights=None):
+    """Dense (rows x days) sums of ``weights`` (or counts) by row code and day."""
+    flat = np.bincount(codes * n_days + days, weights=weights, minlength=n_rows * n_days)
+    return flat.reshape(n_rows, n_days)
+
+
+def _ranked_lists(
+    owner: np.ndarray, value: np.ndarray, order_keys: list[np.ndarray], n_owners: int, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group ``value`` by ``owner`` in the order given by ``order_keys`` (ascending, first key
+    most significant), keeping ``limit`` per owner. Returns (offsets, values) for an arrow list
+    array with one (possibly empty) list per owner 0..n_owners-1."""
+    order = np.lexsort(tuple(reversed([owner, *order_keys])))
+    owner, value = owner[order], value[order]
+    starts = np.searchsorted(owner, np.arange(n_owners))
+    rank = np.arange(len(owner)) - starts[owner]
+    keep = rank < limit
+    owner, value = owner[keep], value[keep]
+    offsets = np.searchsorted(owner, np.arange(n_owners + 1)).astype(np.int32)
+    return offsets, value
+
+
+def _list_column(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+class _TableWriters:
+    """One parquet writer per table, opened on the first chunk written to it."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.rows: dict[str, int] = {}
+
+    def write(self, name: str, table: pa.Table) -> None:
+        if name not in self.writers:
+            self.writers[name] = pq.ParquetWriter(self.out_dir / f"{name}.parquet", table.schema)
+            self.rows[name] = 0
+        self.writers[name].write_table(table)
+        self.rows[name] += table.num_rows
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _timestamps(world: EncodedWorld, snapshot_index: np.ndarray) -> pa.Array:
+    """Event timestamps for 0-based snapshot indices (snapshot s = index + 1)."""
+    stamps = world.start + pd.to_timedelta(snapshot_index + 1, unit="D")
+    return pa.array(stamps, pa.timestamp("ns", tz="UTC"))
+
+
+def build_features(world_dir: Path, features_dir: Path) -> dict[str, int]:
+    """Build every snapshot table of ``TABLES`` from the world at ``world_dir``.
+
+    Writes into a staging directory and swaps it into place at the end, so a failed build
+    leaves the previous tables untouched. Returns the row count of each table.
+    """
+    world = encode_world(world_dir)
+    logger.info(
+        "building features: %d listeners, %d items, %d events, %d daily snapshots",
+        len(world.listeners),
+        len(world.items),
+        len(world.event_listener),
+        world.n_days,
+    )
+    staged = staging_dir(features_dir)
+    writers = _TableWriters(staged)
+    try:
+        _build_all(world, writers)
+    except BaseException:
+        writers.close()
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    writers.close()
+    publish_dir(staged, features_dir)
+    logger.info("features written to %s: %s", features_dir, writers.rows)
+    return dict(writers.rows)
+
+
+def _build_all(world: EncodedWorld, writers: _TableWriters) -> None:
+    accumulators = _ItemAccumulators.empty(world)
+    for chunk in tqdm(list(_listener_chunks(world)), desc="listener features", unit="chunk"):
+        _build_listener_chunk(world, chunk, writers, accumulators)
+    writers.write("item_stats", _item_stats_table(world, accumulators))
+    writers.write("segment_popular", _segment_popular_table(world, accumulators))
+    writers.write("market_editorial", _market_editorial_table(world))
+    writers.write("item_neighbours", _item_neighbours_table(world, accumulators))
+
+
+# --- listener chunks: listener_profile, listener_item, listener_familiar ----------------
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    first: int
+    stop: int
+    events: np.ndarray  # indices into the world's event arrays
+
+
+def _listener_chunks(world: EncodedWorld) -> Iterator[_Chunk]:
+    """Contiguous ranges of listener codes whose dense pair arrays fit ``CELLS_PER_CHUNK``."""
+    order = np.argsort(world.event_listener, kind="stable")
+    sorted_listeners = world.event_listener[order]
+    n_listeners = len(world.listeners)
+    pairs_per_listener = np.bincount(
+        np.unique(world.event_listener.astype(np.int64) * len(world.items) + world.event_item)
+        // len(world.items),
+        minlength=n_listeners,
+    )
+    cells = np.cumsum((pairs_per_listener + len(world.genres) + 1) * world.n_days)
+    first = 0
+    while first < n_listeners:
+        budget = (cells[first - 1] if first else 0) + CELLS_PER_CHUNK
+        stop = max(int(np.searchsorted(cells, budget, side="right")), first + 1)
+        lo, hi = np.searchsorted(sorted_listeners, [first, stop])
+        yield _Chunk(first, stop, order[lo:hi])
+        first = stop
+
+
+@dataclass
+class _ItemAccumulators:
+    """Per-item and per-segment counts gathered across listener chunks."""
+
+    listeners_by_window: dict[int, np.ndarray]  # window -> (items x snapshots) unique listeners
+    segment_listeners: np.ndarray  # (snapshots x segments x items) unique listeners, short window
+    colisten_pairs: list[np.ndarray]  # (listener, item, snapshot index) active in long window
+    segments: pd.Index
+
+    @classmethod
+    def empty(cls, world: EncodedWorld) -> "_ItemAccumulators":
+        shape = (len(world.items), world.n_days)
+        own, market = _listener_segments(world.listeners)
+        segments = pd.Index(np.union1d(own, market))
+        return cls(
+            listeners_by_window={w: np.zeros(shape, np.int64) for w in WINDOWS},
+            segment_listeners=np.zeros((world.n_days, len(segments), len(world.items)), np.int32),
+            colisten_pairs=[],
+            segments=segments,
+        )
+
+
+def _neighbour_snapshots(n_days: int) -> np.ndarray:
+    """0-based snapshot indices where co-listening neighbours are rebuilt (the last one always)."""
+    return np.arange(n_days - 1, -1, -NEIGHBOUR_EVERY_DAYS)[::-1]
+
+
+def _build_listener_chunk(
+    world: EncodedWorld, chunk: _Chunk, writers: _TableWriters, acc: _ItemAccumulators
+) -> None:
+    n_days, n_items = world.n_days, len(world.items)
+    n_listeners = chunk.stop - chunk.first
+    local = world.event_listener[chunk.events] - chunk.first
+    item = world.event_item[chunk.events]
+    day = world.event_day[chunk.events]
+    ms = world.event_ms[chunk.events]
+
+    pair_key, pair_of_event = np.unique(
+        local.astype(np.int64) * n_items + item, return_inverse=True
+    )
+    pair_listener = (pair_key // n_items).astype(np.int64)
+    pair_item = (pair_key % n_items).astype(np.int64)
+    n_pairs = len(pair_key)
+    pair_plays = _cumulative(_daily(pair_of_event, day, n_pairs, n_days))
+    pair_ms = _cumulative(_daily(pair_of_event, day, n_pairs, n_days, weights=ms))
+    pair_last = _last_day_before(_daily(pair_of_event, day, n_pairs, n_days) > 0)
+    plays = {w: _window(pair_plays, w) for w in WINDOWS}
+    long_plays = plays[LONG_WINDOW_DAYS]
+
+    listener_long_plays = _daily_window_per_listener(long_plays, pair_listener, n_listeners)
+    writers.write(
+        "listener_profile",
+        _listener_profile_table(world, chunk, local, item, day, ms, long_plays, pair_listener),
+    )
+    writers.write(
+        "listener_item",
+        _listener_item_table(
+            world,
+            chunk,
+            pair_listener,
+            pair_item,
+            plays,
+            pair_plays,
+            pair_ms,
+            pair_last,
+            listener_long_plays,
+        ),
+    )
+    writers.write(
+        "listener_familiar",
+        _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays, pair_last),
+    )
+    _accumulate_item_counts(world, chunk, pair_listener, pair_item, plays, acc)
+
+
+def _daily_window_per_listener(pair_window: np.ndarray, pair_listener: np.ndarray, n: int):
+    """(listeners x snapshots) sums of a (pairs x snapshots) array."""
+    out = np.zeros((n, pair_window.shape[1]), dtype=pair_window.dtype)
+    np.add.at(out, pair_listener, pair_window)
+    return out
+
+
+def _listener_rows(world: EncodedWorld, chunk: _Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """(local listener, snapshot index) of every listener who had signed up before the snapshot."""
+    signup = world.listeners["signup_day"].to_numpy()[chunk.first : chunk.stop]
+    snapshot = np.arange(1, world.n_days + 1)
+    exists = signup[:, None] < snapshot[None, :]
+    return np.nonzero(exists)
+
+
+def _listener_profile_table(
+    world: EncodedWorld,
+    chunk: _Chunk,
+    local: np.ndarray,
+    item: np.ndarray,
+    day: np.ndarray,
+    ms: np.ndarray,
+    pair_long_plays: np.ndarray,
+    pair_listener: np.ndarray,
+) -> pa.Table:
+    n_days, n_listeners = world.n_days, chunk.stop - chunk.first
+    rows_l, rows_s = _listener_rows(world, chunk)
+    listeners = world.listeners.iloc[chunk.first : chunk.stop]
+    columns: dict[str, pa.Array | np.ndarray] = {
+        "listener_id": pa.array(listeners["listener_id"].to_numpy(dtype=str)[rows_l]),
+        "event_timestamp": _timestamps(world, rows_s),
+        "market": pa.array(listeners["market"].to_numpy(dtype=str)[rows_l]),
+        "age_bucket": pa.array(listeners["age_bucket"].to_numpy(dtype=str)[rows_l]),
+        "platform": pa.array(listeners["platform"].to_numpy(dtype=str)[rows_l]),
+        "account_age_days": (rows_s + 1 - listeners["signup_day"].to_numpy()[rows_l]).astype(
+            np.float64
+        ),
+    }
+    item_type = world.item_type[item]
+    for type_code, content_type in enumerate(CONTENT_TYPES):
+        mask = item_type == type_code
+        cum = _cumulative(_daily(local[mask], day[mask], n_listeners, n_days))
+        for w in WINDOWS:
+            columns[f"plays_{w}d_{content_type}"] = _window(cum, w)[rows_l, rows_s].astype(np.int64)
+    plays = _cumulative(_daily(local, day, n_listeners, n_days))
+    long_plays = _window(plays, LONG_WINDOW_DAYS)[rows_l, rows_s]
+    active = _daily(local, day, n_listeners, n_days) > 0
+    last = _last_day_before(active)[rows_l, rows_s]
+    columns["days_since_last_play"] = np.where(last >= 0, rows_s + 1 - last, np.nan)
+    columns["minutes_28d"] = (
+        _window(_cumulative(_daily(local, day, n_listeners, n_days, weights=ms)), LONG_WINDOW_DAYS)[
+            rows_l, rows_s
+        ]
+        / 60_000.0
+    )
+    columns["active_days_28d"] = _window(_cumulative(active.astype(np.int64)), LONG_WINDOW_DAYS)[
+        rows_l, rows_s
+    ].astype(np.int64)
+    distinct = _daily_window_per_listener(
+        (pair_long_plays > 0).astype(np.int64), pair_listener, n_listeners
+    )
+    columns["distinct_items_28d"] = distinct[rows_l, rows_s]
+    daypart = world.event_daypart[chunk.events]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for code, name in enumerate(DAYPARTS):
+            mask = daypart == code
+            part = _window(
+                _cumulative(_daily(local[mask], day[mask], n_listeners, n_days)), LONG_WINDOW_DAYS
+            )
+            columns[f"share_{name}_28d"] = np.where(
+                long_plays > 0, part[rows_l, rows_s] / np.maximum(long_plays, 1), np.nan
+            )
+    genres, shares = _top_genres(world, local, item, day, n_listeners, rows_l, rows_s, long_plays)
+    columns["top_genres_28d"] = genres
+    columns["top_genre_shares_28d"] = shares
+    return pa.table(columns)
+
+
+def _top_genres(world, local, item, day, n_listeners, rows_l, rows_s, long_plays):
+    """The ``TOP_GENRES`` genres with most plays in the last 28 days, and their play shares."""
+    n_days, n_genres = world.n_days, len(world.genres)
+    genre = world.items["genre_code"].to_numpy()[item]
+    counts = np.zeros((n_listeners, n_days, n_genres), np.int64)
+    np.add.at(counts, (local, day, genre), 1)
+    window = _window(_cumulative(counts), LONG_WINDOW_DAYS)[rows_l, rows_s]  # rows x genres
+    row, genre_code = np.nonzero(window)
+    count = window[row, genre_code]
+    offsets, kept = _ranked_lists(
+        row, np.arange(len(row)), [-count, genre_code], len(rows_l), TOP_GENRES
+    )
+    share = count[kept] / long_plays[row[kept]]
+    return (
+        _list_column(offsets, pa.array(world.genres[genre_code[kept]].astype(str))),
+        _list_column(offsets, pa.array(share, pa.float64())),
+    )
+
+
+def _pair_rows(long_plays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pair, snapshot index) where a pair has a row: played in the last 28 days, or the first
+    snapshot after it stopped (the closing row)."""
+    active = long_plays > 0
+    was_active = np.zeros_like(active)
+    was_active[:, 1:] = active[:, :-1]
+    return np.nonzero(active | was_active)
+
+
+def _listener_item_table(
+    world, chunk, pair_listener, pair_item, plays, pair_plays, pair_ms, pair_last, listener_long
+) -> pa.Table:
+    rows_p, rows_s = _pair_rows(plays[LONG_WINDOW_DAYS])
+    listener_code = pair_listener[rows_p] + chunk.first
+    long_plays = plays[LONG_WINDOW_DAYS][rows_p, rows_s]
+    last = pair_last[rows_p, rows_s]
+    total_listener = listener_long[pair_listener[rows_p], rows_s]
+    return pa.table(
+        {
+            "listener_id": pa.array(
+                world.listeners["listener_id"].to_numpy(dtype=str)[listener_code]
+            ),
+            "item_id": pa.array(world.items["item_id"].to_numpy(dtype=str)[pair_item[rows_p]]),
+            "event_timestamp": _timestamps(world, rows_s),
+            "pair_plays_7d": plays[SHORT_WINDOW_DAYS][rows_p, rows_s].astype(np.int64),
+            "pair_plays_28d": long_plays.astype(np.int64),
+            "pair_plays_total": pair_plays[rows_p, rows_s + 1].astype(np.int64),
+            "pair_minutes_28d": _window(pair_ms, LONG_WINDOW_DAYS)[rows_p, rows_s] / 60_000.0,
+            "pair_days_since_last_play": (rows_s + 1 - last).astype(np.float64),
+            "pair_share_28d": np.where(
+                total_listener > 0, long_plays / np.maximum(total_listener, 1), 0.0
+            ),
+        }
+    )
+
+
+def _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays, pair_last):
+    """Familiar items per (listener, snapshot): most played in 28 days, then most recent."""
+    rows_l, rows_s = _listener_rows(world, chunk)
+    n_days = world.n_days
+    row_of = np.full((chunk.stop - chunk.first, n_days), -1, np.int64)
+    row_of[rows_l, rows_s] = np.arange(len(rows_l))
+    p, s = np.nonzero(long_plays > 0)
+    owner = row_of[pair_listener[p], s]
+    valid = owner >= 0
+    p, s, owner = p[valid], s[valid], owner[valid]
+    offsets, kept = _ranked_lists(
+        owner,
+        np.arange(len(p)),
+        [-long_plays[p, s], -pair_last[p, s], pair_item[p]],
+        len(rows_l),
+        FAMILIAR_ITEMS,
+    )
+    item_ids = world.items["item_id"].to_numpy(dtype=str)
+    return pa.table(
+        {
+            "listener_id": pa.array(
+                world.listeners["listener_id"].to_numpy(dtype=str)[rows_l + chunk.first]
+            ),
+            "event_timestamp": _timestamps(world, rows_s),
+            "familiar_items": _list_column(offsets, pa.array(item_ids[pair_item[p[kept]]])),
+            "familiar_plays_28d": _list_column(
+                offsets, pa.array(long_plays[p[kept], s[kept]].astype(np.int64))
+            ),
+        }
+    )
+
+
+def _accumulate_item_counts(world, chunk, pair_listener, pair_item, plays, acc: _ItemAccumulators):
+    n_days, n_items = world.n_days, len(world.items)
+    for w in WINDOWS:
+        p, s = np.nonzero(plays[w] > 0)
+        acc.listeners_by_window[w] += np.bincount(
+            pair_item[p] * n_days + s, minlength=n_items * n_days
+        ).reshape(n_items, n_days)
+    listeners = world.listeners.iloc[chunk.first : chunk.stop]
+    own, market = (acc.segments.get_indexer(ids) for ids in _listener_segments(listeners))
+    p, s = np.nonzero(plays[SHORT_WINDOW_DAYS] > 0)
+    for segment_of_listener in (own, market):
+        np.add.at(
+            acc.segment_listeners, (s, segment_of_listener[pair_listener[p]], pair_item[p]), 1
+        )
+    sampled = _colisten_sample(pair_listener + chunk.first, len(world.listeners))
+    p, s = np.nonzero((plays[LONG_WINDOW_DAYS] > 0) & sampled[:, None])
+    keep = np.isin(s, _neighbour_snapshots(n_days))
+    acc.colisten_pairs.append(
+        np.stack([pair_listener[p[keep]] + chunk.first, pair_item[p[keep]], s[keep]], axis=1)
+    )
+
+
+def _colisten_sample(listener_code: np.ndarray, n_listeners: int) -> np.ndarray:
+    """Every listener up to ``MAX_COLISTEN_LISTENERS``; above that an even stride of them."""
+    stride = max(1, int(np.ceil(n_listeners / MAX_COLISTEN_LISTENERS)))
+    return listener_code % stride == 0
+
+
+# --- item level tables ------------------------------------------------------------------
+
+
+def _item_rows(world: EncodedWorld) -> tuple[np.ndarray, np.ndarray]:
+    """(item, snapshot index) of every item released before the snapshot."""
+    release = world.items["release_day"].to_numpy()
+    return np.nonzero(release[:, None] < np.arange(1, world.n_days + 1)[None, :])
+
+
+def _item_stats_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:
+    n_days, n_items = world.n_days, len(world.items)
+    rows_i, rows_s = _item_rows(world)
+    items = world.items
+    item, day = world.event_item, world.event_day
+    plays = _cumulative(_daily(item, day, n_items, n_days))
+    duration = items["duration_ms"].to_numpy(dtype=np.float64)
+    completion = np.minimum(world.event_ms / np.maximum(duration[item], 1.0), 1.0)
+    short = _window(plays, SHORT_WINDOW_DAYS)[rows_i, rows_s]
+    long = _window(plays, LONG_WINDOW_DAYS)[rows_i, rows_s]
+    columns = {
+        "item_id": pa.array(items["item_id"].to_numpy(dtype=str)[rows_i]),
+        "event_timestamp": _timestamps(world, rows_s),
+        "content_type": pa.array(items["content_type"].to_numpy(dtype=str)[rows_i]),
+        "genre": pa.array(items["genre"].to_numpy(dtype=str)[rows_i]),
+        "item_market": pa.array(items["market"].to_numpy(dtype=str)[rows_i]),
+        "is_editorial": items["is_editorial"].to_numpy(dtype=np.int64)[rows_i],
+        "item_age_days": (rows_s + 1 - items["release_day"].to_numpy()[rows_i]).astype(np.float64),
+        "item_plays_7d": short.astype(np.int64),
+        "item_plays_28d": long.astype(np.int64),
+        "item_listeners_7d": acc.listeners_by_window[SHORT_WINDOW_DAYS][rows_i, rows_s],
+        "item_listeners_28d": acc.listeners_by_window[LONG_WINDOW_DAYS][rows_i, rows_s],
+        "item_minutes_28d": _window(
+            _cumulative(_daily(item, day, n_items, n_days, weights=world.event_ms)),
+            LONG_WINDOW_DAYS,
+        )[rows_i, rows_s]
+        / 60_000.0,
+    }
+    done = _window(
+        _cumulative(_daily(item, day, n_items, n_days, weights=completion)), LONG_WINDOW_DAYS
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        columns["item_completion_28d"] = np.where(long > 0, done[rows_i, rows_s] / long, np.nan)
+        columns["item_trend_7d"] = short / (long / (LONG_WINDOW_DAYS / SHORT_WINDOW_DAYS) + 1.0)
+        for code, name in enumerate(DAYPARTS):
+            mask = world.event_daypart == code
+            part = _window(
+                _cumulative(_daily(item[mask], day[mask], n_items, n_days)), LONG_WINDOW_DAYS
+            )
+            columns[f"item_share_{name}_28d"] = np.where(
+                long > 0, part[rows_i, rows_s] / np.maximum(long, 1), np.nan
+            )
+    return pa.table(columns)
+
+
+def _segment_popular_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:
+    """Per (segment, snapshot): items ranked by unique listeners in the last 7 days, per type."""
+    n_segments = len(acc.segments)
+    s, segment, item = np.nonzero(acc.segment_listeners)
+    owner = s * n_segments + segment
+    count = acc.segment_listeners[s, segment, item]
+    n_owners = world.n_days * n_segments
+    columns: dict[str, pa.Array] = {
+        "segment_id": pa.array(np.tile(acc.segments.to_numpy(dtype=str), world.n_days)),
+        "event_timestamp": _timestamps(world, np.repeat(np.arange(world.n_days), n_segments)),
+    }
+    item_ids = world.items["item_id"].to_numpy(dtype=str)
+    for type_code, content_type in enumerate(CONTENT_TYPES):
+        mask = world.item_type[item] == type_code
+        offsets, kept = _ranked_lists(
+            owner[mask],
+            np.flatnonzero(mask),
+            [-count[mask], item[mask]],
+            n_owners,
+            POPULAR_PER_TYPE,
+        )
+        columns[f"popular_{content_type}"] = _list_column(offsets, pa.array(item_ids[item[kept]]))
+        columns[f"popular_{content_type}_listeners_7d"] = _list_column(
+            offsets, pa.array(count[kept].astype(np.int64))
+        )
+    return pa.table(columns)
+
+
+def _market_editorial_table(world: EncodedWorld) -> pa.Table:
+    """Per (market, snapshot): editorial items of the market released before it, newest first."""
+    markets = np.unique(world.listeners["market"].to_numpy(dtype=str))
+    items = world.items
+    editorial = np.flatnonzero(items["is_editorial"].to_numpy(dtype=bool))
+    release = items["release_day"].to_numpy()[editorial]
+    market = pd.Index(markets).get_indexer(items["market"].to_numpy(dtype=str)[editorial])
+    n_owners = world.n_days * len(markets)
+    snapshot = np.arange(1, world.n_days + 1)
+    e, s = np.nonzero((release[:, None] < snapshot[None, :]) & (market[:, None] >= 0))
+    owner = s * len(markets) + market[e]
+    columns: dict[str, pa.Array] = {
+        "market_id": pa.array(np.tile(markets, world.n_days)),
+        "event_timestamp": _timestamps(world, np.repeat(np.arange(world.n_days), len(markets))),
+    }
+    item_ids = items["item_id"].to_numpy(dtype=str)
+    for type_code, content_type in enumerate(CONTENT_TYPES):
+        mask = world.item_type[editorial[e]] == type_code
+        offsets, kept = _ranked_lists(
+            owner[mask],
+            np.flatnonzero(mask),
+            [-release[e[mask]], editorial[e[mask]]],
+            n_owners,
+            EDITORIAL_PER_TYPE,
+        )
+        columns[f"editorial_{content_type}"] = _list_column(
+            offsets, pa.array(item_ids[editorial[e[kept]]])
+        )
+    return pa.table(columns)
+
+
+def _item_neighbours_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:
+    """Co-listening neighbours: cosine similarity of items' 28-day listener sets, top per type."""
+    pairs = np.concatenate(acc.colisten_pairs) if acc.colisten_pairs else np.zeros((0, 3), np.int64)
+    tables = []
+    rows_i, rows_s = _item_rows(world)
+    for snapshot in tqdm(_neighbour_snapshots(world.n_days), desc="co-listening", unit="snapshot"):
+        at = pairs[pairs[:, 2] == snapshot]
+        released = rows_i[rows_s == snapshot]
+        tables.append(_neighbours_at(world, at[:, 0], at[:, 1], released, snapshot))
+    return pa.concat_tables(tables)
+
+
+def _neighbours_at(world, listener, item, released, snapshot) -> pa.Table:
+    n_items = len(world.items)
+    _, listener_row = np.unique(listener, return_inverse=True)
+    x = sparse.csr_matrix(
+        (np.ones(len(item)), (listener_row, item)),
+        shape=(listener_row.max(initial=-1) + 1, n_items),
+    )
+    co = (x.T @ x).tocoo()
+    keep = (co.row != co.col) & (co.data >= MIN_CO_LISTENERS)
+    a, b, together = co.row[keep], co.col[keep], co.data[keep]
+    listeners_of = np.asarray(x.sum(axis=0)).ravel()
+    score = together / np.sqrt(listeners_of[a] * listeners_of[b])
+    owner = pd.Index(released).get_indexer(a)
+    valid = (owner >= 0) & np.isin(b, released)
+    a, b, score, owner = a[valid], b[valid], score[valid], owner[valid]
+    item_ids = world.items["item_id"].to_numpy(dtype=str)
+    columns: dict[str, pa.Array] = {
+        "item_id": pa.array(item_ids[released]),
+        "event_timestamp": _timestamps(world, np.full(len(released), snapshot)),
+    }
+    for type_code, content_type in enumerate(CONTENT_TYPES):
+        mask = world.item_type[b] == type_code
+        offsets, kept = _ranked_lists(
+            owner[mask],
+            np.flatnonzero(mask),
+            [-score[mask], b[mask]],
+            len(released),
+            NEIGHBOURS_PER_TYPE,
+        )
+        columns[f"neighbours_{content_type}"] = _list_column(offsets, pa.array(item_ids[b[kept]]))
+        columns[f"neighbour_scores_{content_type}"] = _list_column(
+            offsets, pa.array(score[kept], pa.float64())
+        )
+    return pa.table(columns)

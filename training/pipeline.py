@@ -1,0 +1,67 @@
+"""The main job, step by step: world -> features -> Feast apply/materialize -> online sample."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from training.feature_store import apply_definitions, materialize, open_store
+from training.features import build_features
+from training.schema import WorldPaths
+from training.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepTimer:
+    """Wall time of each named step, in the order they ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def run(self, name: str, step, *args, **kwargs):
+        logger.info("step %s ...", name)
+        started = time.perf_counter()
+        result = step(*args, **kwargs)
+        self.seconds[name] = time.perf_counter() - started
+        logger.info("step %s done in %.1f s", name, self.seconds[name])
+        return result
+
+
+def prepare_features(settings: Settings, timer: StepTimer | None = None) -> dict[str, int]:
+    """Build the snapshot tables from the world, apply feature_repo/ and materialize."""
+    timer = timer or StepTimer()
+    rows = timer.run("features build", build_features, settings.world_dir, settings.features_dir)
+    timer.run("feast apply", apply_definitions, settings)
+    timer.run("feast materialize", materialize, settings)
+    return rows
+
+
+def online_sample(
+    settings: Settings, listener_id: str | None = None, items: int = 3
+) -> dict[str, Any]:
+    """Online features of one listener (default: the most active) and of a few of their
+    familiar items, read back through ``get_online_features`` — proof the store serves."""
+    store = open_store(settings)
+    if listener_id is None:
+        events = pd.read_parquet(WorldPaths(settings.world_dir).events, columns=["listener_id"])
+        listener_id = str(events["listener_id"].value_counts().index[0])
+    listener = store.get_online_features(
+        features=[
+            "listener_profile:market",
+            "listener_profile:plays_28d_show",
+            "listener_profile:plays_28d_playlist",
+            "listener_profile:days_since_last_play",
+            "listener_profile:top_genres_28d",
+            "listener_familiar:familiar_items",
+        ],
+        entity_rows=[{"listener_id": listener_id}],
+    ).to_dict()
+    familiar = (listener["familiar_items"][0] or [])[:items]
+    item_rows = store.get_online_features(
+        features=["item_stats:content_type", "item_stats:genre", "item_stats:item_listeners_7d"],
+        entity_rows=[{"item_id": item_id} for item_id in familiar],
+    ).to_dict()
+    return {"listener": listener, "items": item_rows}

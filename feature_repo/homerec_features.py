@@ -5,7 +5,10 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float64, Int64, String
 
 from training.features import DAYPARTS, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
@@ -107,6 +110,7 @@ listener_familiar = FeatureView(
     ttl=timedelta(days=2),
     schema=[
         Field(name="familiar_items", dtype=Array(String)),
+        Field(name="familiar_content_types", dtype=Array(String)),
         Field(name="familiar_plays_28d", dtype=Array(Int64)),
     ],
     source=snapshot_source("listener_familiar"),
@@ -156,17 +160,49 @@ market_editorial = FeatureView(
     source=snapshot_source("market_editorial"),
 )
 
+
+# How well an item fits a listener: share of their 28-day plays in its genre, same market.
+@on_demand_feature_view(
+    sources=[
+        listener_profile[["market", "top_genres_28d", "top_genre_shares_28d"]],
+        item_stats[["genre", "item_market"]],
+    ],
+    schema=[
+        Field(name="genre_affinity_28d", dtype=Float64),
+        Field(name="same_market", dtype=Int64),
+    ],
+    mode="pandas",
+)
+def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
+    genres = inputs["top_genres_28d"].map(lambda v: [] if v is None else list(v))
+    shares = inputs["top_genre_shares_28d"].map(lambda v: [] if v is None else list(v))
+    lengths = genres.map(len).to_numpy()
+    row = np.repeat(np.arange(len(inputs)), lengths)
+    flat_genres = np.array([g for gs in genres for g in gs], dtype=object)
+    flat_shares = np.array([x for xs in shares for x in xs], dtype=np.float64)
+    matches = flat_genres == inputs["genre"].to_numpy(dtype=object)[row]
+    affinity = np.bincount(row[matches], weights=flat_shares[matches], minlength=len(inputs))
+    return pd.DataFrame(
+        {
+            "genre_affinity_28d": affinity,
+            "same_market": (inputs["market"] == inputs["item_market"]).astype("int64").to_numpy(),
+        }
+    )
+
+
 # The features of Shortcuts model v1: listener, item and their familiarity.
 shortcuts_v1 = FeatureService(
-    name="shortcuts_v1", features=[listener_profile, item_stats, listener_item]
+    name="shortcuts_v1",
+    features=[listener_profile, item_stats, listener_item, listener_item_match],
 )
 
 # The features of Shows you might like model v1: listener, show and any familiarity.
 shows_you_might_like_v1 = FeatureService(
-    name="shows_you_might_like_v1", features=[listener_profile, item_stats, listener_item]
+    name="shows_you_might_like_v1",
+    features=[listener_profile, item_stats, listener_item, listener_item_match],
 )
 
 # The features of Try something else model v1 (cold start): listener and playlist.
 try_something_else_v1 = FeatureService(
-    name="try_something_else_v1", features=[listener_profile, item_stats]
+    name="try_something_else_v1", features=[listener_profile, item_stats, listener_item_match]
 )

@@ -11,7 +11,9 @@ import typer
 from training.settings import Settings
 
 app = typer.Typer(help="homerec: a Home page recommender on Feast features.", no_args_is_help=True)
-world_app = typer.Typer(help="Create the listening world (synthetic or imported).", no_args_is_help=True)
+world_app = typer.Typer(
+    help="Create the listening world (synthetic or imported).", no_args_is_help=True
+)
 features_app = typer.Typer(help="Feature tables and the Feast feature store.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(features_app, name="features")
@@ -52,10 +54,18 @@ def world_generate(
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 0,
 ) -> None:
     """Generate a synthetic listening world into DATA_DIR/world."""
-    from training.world import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED, WorldConfig, generate_world
+    from training.world import (
+        DEFAULT_DAYS,
+        DEFAULT_LISTENERS,
+        DEFAULT_SEED,
+        WorldConfig,
+        generate_world,
+    )
 
     config = WorldConfig(
-        listeners=listeners or DEFAULT_LISTENERS, days=days or DEFAULT_DAYS, seed=seed or DEFAULT_SEED
+        listeners=listeners or DEFAULT_LISTENERS,
+        days=days or DEFAULT_DAYS,
+        seed=seed or DEFAULT_SEED,
     )
     meta = generate_world(config, _settings(ctx).world_dir)
     typer.echo(json.dumps(meta, indent=2, default=str))
@@ -107,7 +117,9 @@ def features_materialize(ctx: typer.Context) -> None:
 @features_app.command("sample")
 def features_sample(
     ctx: typer.Context,
-    listener: Annotated[str | None, typer.Option(help="Listener id (default: most active).")] = None,
+    listener: Annotated[
+        str | None, typer.Option(help="Listener id (default: most active).")
+    ] = None,
 ) -> None:
     """Print online features of a listener and of a few of their items."""
     from training.pipeline import online_sample
@@ -124,12 +136,20 @@ def demo(
 ) -> None:
     """The main job end to end on the embedded stores: generate, build, apply, materialize."""
     from training.pipeline import StepTimer, online_sample, prepare_features
-    from training.world import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED, WorldConfig, generate_world
+    from training.world import (
+        DEFAULT_DAYS,
+        DEFAULT_LISTENERS,
+        DEFAULT_SEED,
+        WorldConfig,
+        generate_world,
+    )
 
     settings = _settings(ctx)
     timer = StepTimer()
     config = WorldConfig(
-        listeners=listeners or DEFAULT_LISTENERS, days=days or DEFAULT_DAYS, seed=seed or DEFAULT_SEED
+        listeners=listeners or DEFAULT_LISTENERS,
+        days=days or DEFAULT_DAYS,
+        seed=seed or DEFAULT_SEED,
     )
     timer.run("world generate", generate_world, config, settings.world_dir)
     prepare_features(settings, timer)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from feast import FeatureStore
+from feast import FeatureService, FeatureStore
 from feast.repo_config import RepoConfig
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
@@ -36,7 +36,9 @@ def feature_store_yaml(settings: Settings) -> Path:
 
 def repo_config(settings: Settings) -> RepoConfig:
     """The repository's yaml, with registry and online store pointed where settings say."""
-    raw: dict[str, Any] = yaml.safe_load(os.path.expandvars(feature_store_yaml(settings).read_text()))
+    raw: dict[str, Any] = yaml.safe_load(
+        os.path.expandvars(feature_store_yaml(settings).read_text())
+    )
     feast_dir = settings.feast_dir.resolve()
     raw["registry"] = str(feast_dir / "registry.db")
     if settings.online_store == "redis":
@@ -117,3 +119,64 @@ def materialize(settings: Settings, end: datetime | None = None) -> datetime:
         store.materialize(start_date=start, end_date=end)
     logger.info("materialized %d feature views up to %s", len(views), end.isoformat())
     return end
+
+
+FeatureSelection = list[str] | FeatureService
+"""Feature references ("view:feature") or a FeatureService (one model version's features)."""
+
+
+def feature_names(selection: FeatureSelection) -> list[str]:
+    """Column names a read of ``selection`` returns, in order."""
+    if isinstance(selection, FeatureService):
+        return [
+            feature.name
+            for projection in selection.feature_view_projections
+            for feature in projection.features
+        ]
+    return [reference.split(":", 1)[1] for reference in selection]
+
+
+def _aligned(entities: pd.DataFrame, result: pd.DataFrame, keys: list[str], names: list[str]):
+    """``result`` rows (one per unique entity) matched back to every row of ``entities``."""
+    merged = entities[keys].merge(result[keys + names], on=keys, how="left")
+    merged.index = entities.index
+    return merged[names]
+
+
+class OfflineReader:
+    """Point-in-time reads (``get_historical_features``) for entity rows with event_timestamp."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    def read(self, features: FeatureSelection, entities: pd.DataFrame) -> pd.DataFrame:
+        names = feature_names(features)
+        if entities.empty:
+            return pd.DataFrame(columns=names, index=entities.index)
+        keys = list(entities.columns)
+        unique = entities.drop_duplicates().reset_index(drop=True)
+        unique["event_timestamp"] = pd.to_datetime(unique["event_timestamp"], utc=True)
+        result = self.store.get_historical_features(entity_df=unique, features=features).to_df()
+        result["event_timestamp"] = pd.to_datetime(result["event_timestamp"], utc=True)
+        entities = entities.assign(
+            event_timestamp=pd.to_datetime(entities["event_timestamp"], utc=True)
+        )
+        return _aligned(entities, result, keys, names)
+
+
+class OnlineReader:
+    """Latest values (``get_online_features``) for entity rows of join keys only."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    def read(self, features: FeatureSelection, entities: pd.DataFrame) -> pd.DataFrame:
+        names = feature_names(features)
+        keys = list(entities.columns)
+        unique = entities.dropna().drop_duplicates()
+        if unique.empty:
+            return pd.DataFrame(columns=names, index=entities.index)
+        result = self.store.get_online_features(
+            features=features, entity_rows=unique.to_dict("records")
+        ).to_df()
+        return _aligned(entities, result, keys, names)

@@ -209,7 +209,9 @@ def _ranked_lists(
     return offsets, value
 
 
-def _list_column(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
+def _list_column(offsets: np.ndarray, values: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    if isinstance(values, pa.ChunkedArray):  # pa.array splits large string arrays
+        values = values.combine_chunks()
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
@@ -236,7 +238,7 @@ class _TableWriters:
 def _timestamps(world: EncodedWorld, snapshot_index: np.ndarray) -> pa.Array:
     """Event timestamps for 0-based snapshot indices (snapshot s = index + 1)."""
     stamps = world.start + pd.to_timedelta(snapshot_index + 1, unit="D")
-    return pa.array(stamps, pa.timestamp("ns", tz="UTC"))
+    return pa.array(stamps, pa.timestamp("us", tz="UTC"))
 
 
 def build_features(world_dir: Path, features_dir: Path) -> dict[str, int]:
@@ -540,6 +542,10 @@ def _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays,
             ),
             "event_timestamp": _timestamps(world, rows_s),
             "familiar_items": _list_column(offsets, pa.array(item_ids[pair_item[p[kept]]])),
+            "familiar_content_types": _list_column(
+                offsets,
+                pa.array(world.items["content_type"].to_numpy(dtype=str)[pair_item[p[kept]]]),
+            ),
             "familiar_plays_28d": _list_column(
                 offsets, pa.array(long_plays[p[kept], s[kept]].astype(np.int64))
             ),

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     """sqlite: embedded, no server. redis: Feast's Redis online store (production)."""
     redis_connection: str = "localhost:6379"
     """Feast Redis connection string (``host:port[,db=N][,password=...]``)."""
+    shelves_file: Path | None = None
+    """The shelves declaration (default: the built-in training/shelves.yaml)."""
 
     @property
     def world_dir(self) -> Path:

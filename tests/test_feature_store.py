@@ -1,0 +1,159 @@
+"""Feast on real stores: point-in-time correctness offline, and online values equal to offline."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import project_settings
+from training.feature_store import apply_definitions, materialize, open_store, world_window
+from training.settings import Settings
+
+PROFILE_FIELDS = ["plays_7d_show", "plays_28d_album", "days_since_last_play", "minutes_28d"]
+PAIR_FIELDS = ["pair_plays_28d", "pair_plays_total", "pair_days_since_last_play"]
+
+
+def offline_table(settings: Settings, name: str) -> pd.DataFrame:
+    return pd.read_parquet(settings.features_dir / f"{name}.parquet")
+
+
+def expected_as_of(table: pd.DataFrame, entities: pd.DataFrame, keys: list[str], ttl: pd.Timedelta):
+    """The latest row per entity stamped at or before each entity timestamp, within ttl."""
+    left = entities.reset_index().sort_values("event_timestamp")
+    left["event_timestamp"] = left["event_timestamp"].astype("datetime64[ns, UTC]")
+    right = table.sort_values("event_timestamp")
+    right["event_timestamp"] = right["event_timestamp"].astype("datetime64[ns, UTC]")
+    merged = pd.merge_asof(
+        left, right, on="event_timestamp", by=keys, direction="backward", tolerance=ttl
+    )
+    return merged.set_index("index").sort_index()
+
+
+def test_point_in_time_join_never_leaks_a_later_row(small_world_store: Settings):
+    """A value stamped after an entity row's timestamp never reaches that row."""
+    store = open_store(small_world_store)
+    pairs = offline_table(small_world_store, "listener_item")
+    rng = np.random.default_rng(0)
+    sample = pairs.sample(400, random_state=1)
+    # Entity times up to 3 days after a stamped row, some exactly on a snapshot, some one
+    # second before the next one: the row stamped at the next snapshot must not be used.
+    offsets = pd.to_timedelta(rng.choice([0, 3_600, 86_399, 86_400, 2 * 86_400 - 1], 400), "s")
+    entities = pd.DataFrame(
+        {
+            "listener_id": sample.listener_id.to_numpy(),
+            "item_id": sample.item_id.to_numpy(),
+            "event_timestamp": sample.event_timestamp.reset_index(drop=True) + offsets,
+        }
+    )
+    features = [f"listener_item:{name}" for name in PAIR_FIELDS] + [
+        f"listener_profile:{name}" for name in PROFILE_FIELDS
+    ]
+    got = store.get_historical_features(entity_df=entities, features=features).to_df()
+    got = got.merge(entities.reset_index(), on=["listener_id", "item_id", "event_timestamp"])
+    got = got.set_index("index").sort_index()
+
+    pair_view = store.get_feature_view("listener_item")
+    want_pairs = expected_as_of(
+        pairs, entities, ["listener_id", "item_id"], pd.Timedelta(pair_view.ttl)
+    )
+    profile = offline_table(small_world_store, "listener_profile")
+    want_profile = expected_as_of(
+        profile,
+        entities,
+        ["listener_id"],
+        pd.Timedelta(store.get_feature_view("listener_profile").ttl),
+    )
+    for name in PAIR_FIELDS:
+        np.testing.assert_allclose(got[name].astype(float), want_pairs[name].astype(float))
+    for name in PROFILE_FIELDS:
+        np.testing.assert_allclose(got[name].astype(float), want_profile[name].astype(float))
+    # The leakage case itself: entity rows one second before the next snapshot, for pairs
+    # whose next snapshot carries a different count, still see the earlier count.
+    following = pairs.assign(event_timestamp=pairs.event_timestamp - pd.Timedelta(days=1))
+    following = following.rename(columns={"pair_plays_28d": "next_plays_28d"})
+    at_edge = entities.assign(
+        stamped=sample.event_timestamp.to_numpy(), earlier=sample.pair_plays_28d.to_numpy()
+    )[offsets.to_numpy() == pd.Timedelta(seconds=86_399)]
+    at_edge = at_edge.reset_index().merge(
+        following[["listener_id", "item_id", "event_timestamp", "next_plays_28d"]],
+        left_on=["listener_id", "item_id", "stamped"],
+        right_on=["listener_id", "item_id", "event_timestamp"],
+        suffixes=("", "_next"),
+    )
+    changed = at_edge[at_edge.next_plays_28d != at_edge.earlier].set_index("index")
+    assert len(changed) > 5, "the sample should hold pairs whose count changes the next day"
+    assert (got.loc[changed.index, "pair_plays_28d"] == changed.earlier).all()
+
+
+def assert_same_values(got: pd.Series, want: pd.Series) -> None:
+    """Equal values in order (NaN equals NaN), whatever the index or integer width."""
+    pd.testing.assert_series_equal(
+        got.reset_index(drop=True),
+        want.reset_index(drop=True),
+        check_dtype=False,
+        check_names=False,
+        check_exact=True,
+    )
+
+
+def assert_online_equals_offline(settings: Settings) -> None:
+    """Online values read back equal the offline rows stamped at the world's end."""
+    store = open_store(settings)
+    _, end = world_window(settings)
+    profile = offline_table(settings, "listener_profile")
+    latest = profile[profile.event_timestamp == end].sample(50, random_state=0)
+    online = store.get_online_features(
+        features=[
+            f"listener_profile:{name}" for name in [*PROFILE_FIELDS, "market", "top_genres_28d"]
+        ]
+        + ["listener_familiar:familiar_items", "listener_familiar:familiar_plays_28d"],
+        entity_rows=[{"listener_id": lid} for lid in latest.listener_id],
+    ).to_df()
+    for name in [*PROFILE_FIELDS, "market"]:
+        assert_same_values(online[name], latest[name])
+    assert [list(v) for v in online.top_genres_28d] == [list(v) for v in latest.top_genres_28d]
+    familiar = offline_table(settings, "listener_familiar").set_index(
+        ["listener_id", "event_timestamp"]
+    )
+    want = familiar.loc[[(lid, end) for lid in latest.listener_id]]
+    assert [list(v) for v in online.familiar_items] == [list(v) for v in want.familiar_items]
+    assert [list(v) for v in online.familiar_plays_28d] == [
+        list(v) for v in want.familiar_plays_28d
+    ]
+
+    pairs = offline_table(settings, "listener_item")
+    last_rows = pairs.sort_values("event_timestamp").groupby(["listener_id", "item_id"]).tail(1)
+    sample = last_rows.sample(100, random_state=0)
+    online_pairs = store.get_online_features(
+        features=[f"listener_item:{name}" for name in PAIR_FIELDS],
+        entity_rows=sample[["listener_id", "item_id"]].to_dict("records"),
+    ).to_df()
+    for name in PAIR_FIELDS:
+        np.testing.assert_array_equal(online_pairs[name].to_numpy(), sample[name].to_numpy())
+
+    items = offline_table(settings, "item_stats")
+    items = items[items.event_timestamp == end].sample(50, random_state=0)
+    online_items = store.get_online_features(
+        features=["item_stats:item_listeners_7d", "item_stats:genre", "item_stats:item_trend_7d"],
+        entity_rows=[{"item_id": iid} for iid in items.item_id],
+    ).to_df()
+    for name in ["item_listeners_7d", "genre", "item_trend_7d"]:
+        assert_same_values(online_items[name], items[name])
+
+
+def test_sqlite_online_store_serves_the_offline_values(small_world_store: Settings):
+    assert_online_equals_offline(small_world_store)
+
+
+@pytest.mark.redis
+def test_redis_online_store_serves_the_offline_values(small_world_store, redis_server, tmp_path):
+    """Materialize into a real redis-server and read back values equal to the offline tables."""
+    settings = project_settings(
+        tmp_path / "data", online_store="redis", redis_connection=redis_server.connection_string
+    )
+    shutil.copytree(small_world_store.world_dir, settings.world_dir)
+    shutil.copytree(small_world_store.features_dir, settings.features_dir)
+    apply_definitions(settings)
+    materialize(settings)
+    assert_online_equals_offline(settings)

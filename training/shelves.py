@@ -1,0 +1,134 @@
+"""Shelves as data: the declarations in shelves.yaml, validated into typed objects."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.schema import CONTENT_TYPES
+
+DEFAULT_SHELVES_FILE = Path(__file__).with_name("shelves.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FamiliarSource(_Strict):
+    """The listener's familiar items, most played first."""
+
+    kind: Literal["familiar"]
+    limit: int = Field(gt=0)
+
+
+class NeighbourSource(_Strict):
+    """Co-listening neighbours of the listener's ``seeds`` most familiar items."""
+
+    kind: Literal["neighbours"]
+    seeds: int = Field(gt=0)
+    limit: int = Field(gt=0)
+
+
+class PopularSource(_Strict):
+    """Most listened items in the listener's market, or market and age bucket."""
+
+    kind: Literal["popular"]
+    segment: Literal["market", "market_age"]
+    limit: int = Field(gt=0)
+
+
+class EditorialSource(_Strict):
+    """Editorial picks of the listener's market, newest first."""
+
+    kind: Literal["editorial"]
+    limit: int = Field(gt=0)
+
+
+CandidateSource = Annotated[
+    FamiliarSource | NeighbourSource | PopularSource | EditorialSource,
+    Field(discriminator="kind"),
+]
+
+
+class Label(_Strict):
+    """Graded relevance from the listener's plays of an item after the snapshot.
+
+    ``plays``: min(plays, 4). ``minutes``: 0 when not played, else 1 + min(3, minutes // 15).
+    """
+
+    horizon_days: int = Field(gt=0)
+    grade: Literal["plays", "minutes"]
+
+
+class Audience(_Strict):
+    """Which listeners a shelf is for (and so trained and evaluated on)."""
+
+    max_account_age_days: float | None = None
+
+
+class Baseline(_Strict):
+    """The shelf's heuristic before ML: sum of weight x column (missing counts as 0)."""
+
+    name: str
+    weights: dict[str, float]
+
+
+class Shelf(_Strict):
+    """One shelf of the Home page and its ranking model."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    title: str
+    content_types: list[str]
+    candidates: list[CandidateSource] = Field(min_length=1)
+    exclude_familiar: bool = False
+    max_candidates: int = Field(gt=0)
+    audience: Audience = Audience()
+    label: Label
+    feature_service: str
+    k: int = Field(gt=0, le=50)
+    baseline: Baseline
+
+    @model_validator(mode="after")
+    def _known_content_types(self) -> "Shelf":
+        unknown = sorted(set(self.content_types) - set(CONTENT_TYPES))
+        if unknown or not self.content_types:
+            raise ValueError(
+                f"content_types {unknown or '[]'} not allowed; choose from {list(CONTENT_TYPES)}"
+            )
+        return self
+
+
+class ShelvesFile(_Strict):
+    shelves: list[Shelf] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ShelvesFile":
+        names = [shelf.name for shelf in self.shelves]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"shelf names must be unique; repeated: {duplicates}")
+        return self
+
+
+class ShelfConfigError(ValueError):
+    """A shelves file that cannot be used; the message names the file and the field."""
+
+
+def load_shelves(path: Path | None = None) -> list[Shelf]:
+    """The shelves declared in ``path`` (default: the built-in shelves.yaml), in page order."""
+    path = path or DEFAULT_SHELVES_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return ShelvesFile.model_validate(raw).shelves
+    except FileNotFoundError as error:
+        raise ShelfConfigError(f"{path}: shelves file not found") from error
+    except (yaml.YAMLError, ValidationError) as error:
+        raise ShelfConfigError(f"{path}: invalid shelves file:\n{error}") from error
+
+
+def shelf_by_name(shelves: list[Shelf], name: str) -> Shelf:
+    for shelf in shelves:
+        if shelf.name == name:
+            return shelf
+    raise ShelfConfigError(f"no shelf named {name!r}; shelves: {[s.name for s in shelves]}")

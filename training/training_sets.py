@@ -1,0 +1,217 @@
+"""Training sets: candidates as of each snapshot, labels from strictly after it, Feast features.
+
+For a shelf and a list of snapshot times: every listener who had signed up is a request;
+stage 1 proposes candidates from point-in-time Feast reads; each candidate gets its model
+features from ``get_historical_features(features=<the shelf's FeatureService>)`` and a
+graded label from the listener's plays of it in ``(snapshot, snapshot + horizon]``.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore
+from feast.types import Array
+
+from training.candidates import (
+    candidate_feature_names,
+    generate_candidates,
+    read_candidate_inputs,
+)
+from training.feature_store import OfflineReader
+from training.schema import WorldPaths, atomic_write_text, publish_dir, staging_dir
+from training.shelves import Label, Shelf
+
+logger = logging.getLogger(__name__)
+
+DAY = pd.Timedelta(days=1)
+REQUEST_COLUMNS = ["group", "listener_id", "event_timestamp"]
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Snapshot times of the train, validation and test windows, in time order.
+
+    Test is the last window whose labels fit in the world; train and validation snapshots
+    end ``horizon`` days before the first test snapshot, so no training label overlaps the
+    test labels' period. Validation (for early stopping) is the latest part before that.
+    """
+
+    train: list[pd.Timestamp]
+    valid: list[pd.Timestamp]
+    test: list[pd.Timestamp]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {
+            name: [t.isoformat() for t in getattr(self, name)]
+            for name in ("train", "valid", "test")
+        }
+
+
+def time_split(
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    horizon_days: int,
+    warmup_days: int = 14,
+    test_days: int = 7,
+    valid_days: int = 4,
+    train_every_days: int = 2,
+) -> TimeSplit:
+    """Split the world window into snapshot times (see ``TimeSplit``)."""
+    last_test = end - horizon_days * DAY
+    test = [last_test - i * DAY for i in reversed(range(test_days))]
+    last_fit = test[0] - horizon_days * DAY
+    valid = [last_fit - i * DAY for i in reversed(range(valid_days))]
+    first_train = start + warmup_days * DAY
+    train = list(pd.date_range(first_train, valid[0] - DAY, freq=f"{train_every_days}D"))
+    if len(train) < 2:
+        raise ValueError(
+            f"world window {start.date()}..{end.date()} is too short for warm-up {warmup_days}d,"
+            f" horizon {horizon_days}d, validation {valid_days}d and test {test_days}d"
+        )
+    return TimeSplit(train=train, valid=valid, test=test)
+
+
+def snapshot_requests(listeners: pd.DataFrame, snapshots: list[pd.Timestamp]) -> pd.DataFrame:
+    """One request (group) per listener signed up before each snapshot."""
+    frames = [
+        pd.DataFrame(
+            {
+                "listener_id": listeners.loc[listeners["signup_at"] < t, "listener_id"].to_numpy(),
+                "event_timestamp": t,
+            }
+        )
+        for t in snapshots
+    ]
+    requests = pd.concat(frames, ignore_index=True)
+    requests.insert(0, "group", np.arange(len(requests)))
+    return requests
+
+
+def grade(label: Label, plays: np.ndarray, minutes: np.ndarray) -> np.ndarray:
+    """Relevance grades as ``Label`` defines them (0..4)."""
+    if label.grade == "plays":
+        return np.minimum(plays, 4).astype(np.int64)
+    return np.where(plays > 0, 1 + np.minimum(3, minutes // 15), 0).astype(np.int64)
+
+
+def label_rows(rows: pd.DataFrame, events: pd.DataFrame, label: Label) -> np.ndarray:
+    """Relevance of each (listener_id, item_id, event_timestamp) row from the plays in
+    ``(event_timestamp, event_timestamp + horizon]`` — strictly after the snapshot."""
+    keyed = rows[["listener_id", "item_id", "event_timestamp"]].reset_index(drop=True)
+    keyed["row"] = np.arange(len(keyed))
+    joined = keyed.merge(events, on=["listener_id", "item_id"], how="inner")
+    after = joined["timestamp"] > joined["event_timestamp"]
+    within = joined["timestamp"] <= joined["event_timestamp"] + label.horizon_days * DAY
+    joined = joined[after & within]
+    plays = np.bincount(joined["row"], minlength=len(keyed))
+    minutes = np.bincount(
+        joined["row"], weights=joined["ms_played"] / 60_000.0, minlength=len(keyed)
+    )
+    return grade(label, plays, minutes)
+
+
+def model_feature_names(store: FeatureStore, shelf: Shelf) -> list[str]:
+    """A shelf model's input contract: its FeatureService's scalar features, then the
+    candidate signals. Array features feed stage 1 only."""
+    service = store.get_feature_service(shelf.feature_service)
+    names = [
+        field.name
+        for projection in service.feature_view_projections
+        for field in projection.features
+        if not isinstance(field.dtype, Array)
+    ]
+    return names + candidate_feature_names(shelf)
+
+
+def build_rows(
+    store: FeatureStore, shelf: Shelf, requests: pd.DataFrame, events: pd.DataFrame
+) -> pd.DataFrame:
+    """Candidates, model features and labels for ``requests`` (columns REQUEST_COLUMNS)."""
+    reader = OfflineReader(store)
+    inputs = read_candidate_inputs(reader, requests, [shelf])
+    candidates = generate_candidates(shelf, inputs)
+    rows = candidates.merge(requests, on="group", how="left")
+    features = reader.read(
+        store.get_feature_service(shelf.feature_service),
+        rows[["listener_id", "item_id", "event_timestamp"]],
+    )
+    rows = pd.concat([rows, features.drop(columns=[c for c in features if c in rows])], axis=1)
+    rows["label"] = label_rows(rows, events, shelf.label)
+    return rows
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """SHA-256 over a frame's column names and values (identical data, same hash)."""
+    digest = hashlib.sha256(json.dumps(list(map(str, frame.columns))).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """One shelf's train/valid/test rows and what they were built from."""
+
+    shelf: str
+    rows: dict[str, pd.DataFrame]
+    feature_names: list[str]
+    split: TimeSplit
+    data_hash: str
+
+
+def build_training_set(
+    store: FeatureStore, shelf: Shelf, world_dir: Path, split: TimeSplit
+) -> TrainingSet:
+    """Rows of every window of ``split`` for ``shelf``; scalar features only are kept."""
+    paths = WorldPaths(world_dir)
+    listeners = pd.read_parquet(paths.listeners, columns=["listener_id", "signup_at"])
+    events = pd.read_parquet(
+        paths.events, columns=["listener_id", "item_id", "timestamp", "ms_played"]
+    )
+    names = model_feature_names(store, shelf)
+    rows: dict[str, pd.DataFrame] = {}
+    for window in ("train", "valid", "test"):
+        requests = snapshot_requests(listeners, getattr(split, window))
+        built = build_rows(store, shelf, requests, events)
+        rows[window] = built[[*REQUEST_COLUMNS, "item_id", "source", "reason", *names, "label"]]
+        logger.info(
+            "%s %s: %d requests, %d candidates, %.1f%% positive",
+            shelf.name,
+            window,
+            built["group"].nunique(),
+            len(built),
+            100 * (built["label"] > 0).mean() if len(built) else 0.0,
+        )
+    data_hash = hashlib.sha256("".join(frame_hash(rows[w]) for w in rows).encode()).hexdigest()
+    return TrainingSet(shelf.name, rows, names, split, data_hash)
+
+
+def save_training_set(training_set: TrainingSet, directory: Path) -> None:
+    """Parquet per window plus ``training_set.json`` (windows, features, hash), written to a
+    staging directory and swapped in whole."""
+    staged = staging_dir(directory)
+    for window, frame in training_set.rows.items():
+        frame.to_parquet(staged / f"{window}.parquet", index=False)
+    meta = {
+        "shelf": training_set.shelf,
+        "feature_names": training_set.feature_names,
+        "split": training_set.split.to_dict(),
+        "data_hash": training_set.data_hash,
+        "rows": {window: len(frame) for window, frame in training_set.rows.items()},
+    }
+    atomic_write_text(staged / "training_set.json", json.dumps(meta, indent=2) + "\n")
+    publish_dir(staged, directory)
+
+
+def load_training_set(directory: Path) -> TrainingSet:
+    meta_path = directory / "training_set.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"no training set at {directory}: run `homerec train` first")
+    meta = json.loads(meta_path.read_text())
+    split = TimeSplit(**{w: [pd.Timestamp(t) for t in ts] for w, ts in meta["split"].items()})
+    rows = {w: pd.read_parquet(directory / f"{w}.parquet") for w in ("train", "valid", "test")}
+    return TrainingSet(meta["shelf"], rows, meta["feature_names"], split, meta["data_hash"])

@@ -54,8 +54,13 @@ def read_candidate_inputs(
     """Read the stage-1 inputs of ``requests`` (columns group, listener_id and, offline,
     event_timestamp) for all ``shelves`` at once."""
     extra = [c for c in ("event_timestamp",) if c in requests.columns]
-    listeners = reader.read(LISTENER_FEATURES, requests[["listener_id", *extra]])
-    listeners.insert(0, "group", requests["group"].to_numpy())
+    listeners = pd.concat(
+        [
+            requests[["group", "listener_id", *extra]],
+            reader.read(LISTENER_FEATURES, requests[["listener_id", *extra]]),
+        ],
+        axis=1,
+    ).reset_index(drop=True)
     types = sorted({t for shelf in shelves for t in shelf.content_types})
 
     seeds = max(

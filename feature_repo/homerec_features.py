@@ -5,7 +5,6 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
@@ -98,6 +97,8 @@ listener_item = FeatureView(
         Field(name="pair_plays_total", dtype=Int64),
         Field(name="pair_minutes_28d", dtype=Float64),
         Field(name="pair_days_since_last_play", dtype=Float64),
+        Field(name="pair_days_since_first_play", dtype=Float64),
+        Field(name="pair_plays_per_day", dtype=Float64),
         Field(name="pair_share_28d", dtype=Float64),
     ],
     source=snapshot_source("listener_item"),
@@ -161,19 +162,27 @@ market_editorial = FeatureView(
 )
 
 
-# How well an item fits a listener: share of their 28-day plays in its genre, same market.
+# How well an item fits a listener: genre share of their plays, same market, same dayparts.
 @on_demand_feature_view(
     sources=[
-        listener_profile[["market", "top_genres_28d", "top_genre_shares_28d"]],
-        item_stats[["genre", "item_market"]],
+        listener_profile[
+            ["market", "top_genres_28d", "top_genre_shares_28d"]
+            + [f"share_{part}_28d" for part in DAYPARTS]
+        ],
+        item_stats[["genre", "item_market"] + [f"item_share_{part}_28d" for part in DAYPARTS]],
     ],
     schema=[
         Field(name="genre_affinity_28d", dtype=Float64),
         Field(name="same_market", dtype=Int64),
+        Field(name="daypart_match_28d", dtype=Float64),
     ],
     mode="pandas",
 )
 def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast runs this function from its source text: it may use only its own imports.
+    import numpy as np
+    import pandas as pd
+
     genres = inputs["top_genres_28d"].map(lambda v: [] if v is None else list(v))
     shares = inputs["top_genre_shares_28d"].map(lambda v: [] if v is None else list(v))
     lengths = genres.map(len).to_numpy()
@@ -182,10 +191,16 @@ def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
     flat_shares = np.array([x for xs in shares for x in xs], dtype=np.float64)
     matches = flat_genres == inputs["genre"].to_numpy(dtype=object)[row]
     affinity = np.bincount(row[matches], weights=flat_shares[matches], minlength=len(inputs))
+    daypart_match = np.zeros(len(inputs))
+    for part in ("night", "morning", "afternoon", "evening"):
+        listener_share = pd.to_numeric(inputs[f"share_{part}_28d"]).fillna(0.0).to_numpy()
+        item_share = pd.to_numeric(inputs[f"item_share_{part}_28d"]).fillna(0.0).to_numpy()
+        daypart_match += listener_share * item_share
     return pd.DataFrame(
         {
             "genre_affinity_28d": affinity,
             "same_market": (inputs["market"] == inputs["item_market"]).astype("int64").to_numpy(),
+            "daypart_match_28d": daypart_match,
         }
     )
 

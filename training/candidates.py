@@ -251,12 +251,13 @@ def candidate_feature_names(shelf: Shelf) -> list[str]:
     return names
 
 
-def in_audience(shelf: Shelf, listeners: pd.DataFrame) -> np.ndarray:
-    """Which requests the shelf is for; unknown listeners (no account age) count as new."""
+def in_audience(shelf: Shelf, account_age_days: pd.Series) -> np.ndarray:
+    """Which requests the shelf is shown to (and evaluated on); unknown listeners (no
+    account age) count as new. Training uses every listener: the model learns from all."""
     limit = shelf.audience.max_account_age_days
     if limit is None:
-        return np.ones(len(listeners), dtype=bool)
-    age = listeners["account_age_days"].astype(float)
+        return np.ones(len(account_age_days), dtype=bool)
+    age = account_age_days.astype(float)
     return (age.isna() | (age <= limit)).to_numpy()
 
 
@@ -270,11 +271,9 @@ def generate_candidates(shelf: Shelf, inputs: CandidateInputs) -> pd.DataFrame:
     columns ``CANDIDATE_COLUMNS`` + the candidate features, sorted by group then proposal
     order.
     """
-    groups = inputs.listeners.loc[in_audience(shelf, inputs.listeners), "group"]
     proposals, signals = [], []
     for order, source in enumerate(shelf.candidates):
         rows = _SOURCES[source.kind](shelf, source, inputs)
-        rows = rows[rows["group"].isin(groups)]
         signals.append(rows.drop(columns=["rank", "reason"]))
         top = rows[rows["rank"] < source.limit]
         proposals.append(

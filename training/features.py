@@ -355,6 +355,8 @@ def _build_listener_chunk(
     pair_plays = _cumulative(_daily(pair_of_event, day, n_pairs, n_days))
     pair_ms = _cumulative(_daily(pair_of_event, day, n_pairs, n_days, weights=ms))
     pair_last = _last_day_before(_daily(pair_of_event, day, n_pairs, n_days) > 0)
+    pair_first = np.full(n_pairs, n_days, dtype=np.int64)
+    np.minimum.at(pair_first, pair_of_event, day)
     plays = {w: _window(pair_plays, w) for w in WINDOWS}
     long_plays = plays[LONG_WINDOW_DAYS]
 
@@ -374,6 +376,7 @@ def _build_listener_chunk(
             pair_plays,
             pair_ms,
             pair_last,
+            pair_first,
             listener_long_plays,
         ),
     )
@@ -491,9 +494,20 @@ def _pair_rows(long_plays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _listener_item_table(
-    world, chunk, pair_listener, pair_item, plays, pair_plays, pair_ms, pair_last, listener_long
+    world,
+    chunk,
+    pair_listener,
+    pair_item,
+    plays,
+    pair_plays,
+    pair_ms,
+    pair_last,
+    pair_first,
+    listener_long,
 ) -> pa.Table:
     rows_p, rows_s = _pair_rows(plays[LONG_WINDOW_DAYS])
+    since_first = (rows_s + 1 - pair_first[rows_p]).astype(np.float64)
+    total = pair_plays[rows_p, rows_s + 1]
     listener_code = pair_listener[rows_p] + chunk.first
     long_plays = plays[LONG_WINDOW_DAYS][rows_p, rows_s]
     last = pair_last[rows_p, rows_s]
@@ -507,9 +521,11 @@ def _listener_item_table(
             "event_timestamp": _timestamps(world, rows_s),
             "pair_plays_7d": plays[SHORT_WINDOW_DAYS][rows_p, rows_s].astype(np.int64),
             "pair_plays_28d": long_plays.astype(np.int64),
-            "pair_plays_total": pair_plays[rows_p, rows_s + 1].astype(np.int64),
+            "pair_plays_total": total.astype(np.int64),
             "pair_minutes_28d": _window(pair_ms, LONG_WINDOW_DAYS)[rows_p, rows_s] / 60_000.0,
             "pair_days_since_last_play": (rows_s + 1 - last).astype(np.float64),
+            "pair_days_since_first_play": since_first,
+            "pair_plays_per_day": total / since_first,
             "pair_share_28d": np.where(
                 total_listener > 0, long_plays / np.maximum(total_listener, 1), 0.0
             ),

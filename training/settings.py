@@ -25,6 +25,15 @@ class Settings(BaseSettings):
     shelves_file: Path | None = None
     """The shelves declaration (default: the built-in training/shelves.yaml)."""
 
+    warmup_days: int = 14
+    """Days at the world's start no training snapshot uses (features need history)."""
+    train_every_days: int = 1
+    """Stride between training snapshots."""
+    valid_days: int = 4
+    """Daily snapshots of the validation window (early stopping)."""
+    test_days: int = 7
+    """Daily snapshots of the held-out test window (evaluation)."""
+
     @property
     def world_dir(self) -> Path:
         return self.data_dir / "world"

@@ -62,7 +62,8 @@ class Label(_Strict):
 
 
 class Audience(_Strict):
-    """Which listeners a shelf is for (and so trained and evaluated on)."""
+    """Which listeners see a shelf (and so which it is evaluated on); its model is trained
+    on every listener's behaviour, with account age among its features."""
 
     max_account_age_days: float | None = None
 

@@ -24,6 +24,7 @@ from training.candidates import (
 )
 from training.feature_store import OfflineReader
 from training.schema import WorldPaths, atomic_write_text, publish_dir, staging_dir
+from training.settings import Settings
 from training.shelves import Label, Shelf
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,10 @@ REQUEST_COLUMNS = ["group", "listener_id", "event_timestamp"]
 class TimeSplit:
     """Snapshot times of the train, validation and test windows, in time order.
 
-    Test is the last window whose labels fit in the world; train and validation snapshots
-    end ``horizon`` days before the first test snapshot, so no training label overlaps the
-    test labels' period. Validation (for early stopping) is the latest part before that.
+    Test is the last window whose labels fit in the world. Each earlier window ends
+    ``horizon`` days before the next one starts, so no label of a window overlaps the
+    period the next window's labels come from (validation would otherwise reward
+    memorizing what was trending then).
     """
 
     train: list[pd.Timestamp]
@@ -53,27 +55,28 @@ class TimeSplit:
 
 
 def time_split(
-    start: pd.Timestamp,
-    end: pd.Timestamp,
-    horizon_days: int,
-    warmup_days: int = 14,
-    test_days: int = 7,
-    valid_days: int = 4,
-    train_every_days: int = 2,
+    start: pd.Timestamp, end: pd.Timestamp, horizon_days: int, settings: Settings
 ) -> TimeSplit:
     """Split the world window into snapshot times (see ``TimeSplit``)."""
-    last_test = end - horizon_days * DAY
-    test = [last_test - i * DAY for i in reversed(range(test_days))]
-    last_fit = test[0] - horizon_days * DAY
-    valid = [last_fit - i * DAY for i in reversed(range(valid_days))]
-    first_train = start + warmup_days * DAY
-    train = list(pd.date_range(first_train, valid[0] - DAY, freq=f"{train_every_days}D"))
+    horizon = horizon_days * DAY
+    test = _days_ending(end - horizon, settings.test_days)
+    valid = _days_ending(test[0] - horizon, settings.valid_days)
+    first_train = start + settings.warmup_days * DAY
+    train = list(
+        pd.date_range(first_train, valid[0] - horizon, freq=f"{settings.train_every_days}D")
+    )
     if len(train) < 2:
         raise ValueError(
-            f"world window {start.date()}..{end.date()} is too short for warm-up {warmup_days}d,"
-            f" horizon {horizon_days}d, validation {valid_days}d and test {test_days}d"
+            f"world window {start.date()}..{end.date()} is too short: warm-up"
+            f" {settings.warmup_days}d, 2 training snapshots, then validation"
+            f" {settings.valid_days}d and test {settings.test_days}d, each followed by the"
+            f" {horizon_days}d label horizon; generate more days or lower HOMEREC_*_DAYS"
         )
     return TimeSplit(train=train, valid=valid, test=test)
+
+
+def _days_ending(last: pd.Timestamp, days: int) -> list[pd.Timestamp]:
+    return [last - i * DAY for i in reversed(range(days))]
 
 
 def snapshot_requests(listeners: pd.DataFrame, snapshots: list[pd.Timestamp]) -> pd.DataFrame:
@@ -131,18 +134,21 @@ def model_feature_names(store: FeatureStore, shelf: Shelf) -> list[str]:
 def build_rows(
     store: FeatureStore, shelf: Shelf, requests: pd.DataFrame, events: pd.DataFrame
 ) -> pd.DataFrame:
-    """Candidates, model features and labels for ``requests`` (columns REQUEST_COLUMNS)."""
+    """Candidates, labels and model features for ``requests`` (columns REQUEST_COLUMNS).
+
+    Requests none of whose candidates is relevant teach a ranker nothing and have no NDCG,
+    so they are dropped before the (costly) feature read; the log says how many remain.
+    """
     reader = OfflineReader(store)
     inputs = read_candidate_inputs(reader, requests, [shelf])
-    candidates = generate_candidates(shelf, inputs)
-    rows = candidates.merge(requests, on="group", how="left")
+    rows = generate_candidates(shelf, inputs).merge(requests, on="group", how="left")
+    rows["label"] = label_rows(rows, events, shelf.label)
+    rows = rows[rows.groupby("group")["label"].transform("max") > 0].reset_index(drop=True)
     features = reader.read(
         store.get_feature_service(shelf.feature_service),
         rows[["listener_id", "item_id", "event_timestamp"]],
     )
-    rows = pd.concat([rows, features.drop(columns=[c for c in features if c in rows])], axis=1)
-    rows["label"] = label_rows(rows, events, shelf.label)
-    return rows
+    return pd.concat([rows, features.drop(columns=[c for c in features if c in rows])], axis=1)
 
 
 def frame_hash(frame: pd.DataFrame) -> str:
@@ -179,10 +185,11 @@ def build_training_set(
         built = build_rows(store, shelf, requests, events)
         rows[window] = built[[*REQUEST_COLUMNS, "item_id", "source", "reason", *names, "label"]]
         logger.info(
-            "%s %s: %d requests, %d candidates, %.1f%% positive",
+            "%s %s: %d of %d requests with a relevant candidate, %d candidates, %.1f%% positive",
             shelf.name,
             window,
             built["group"].nunique(),
+            len(requests),
             len(built),
             100 * (built["label"] > 0).mean() if len(built) else 0.0,
         )

@@ -1,0 +1,159 @@
+"""Offline evaluation: each shelf's model vs its heuristic baseline (and the oracle on
+synthetic worlds) on the test window held out after training.
+
+Groups (one listener at one snapshot) without any relevant candidate are left out: NDCG
+is undefined for them, and training sets keep only groups with a relevant candidate.
+"""
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evaluation.metrics import catalog_coverage, ndcg_at_k, paired_bootstrap_ci, summarize
+from training.candidates import in_audience
+from training.rankers import load_ranker
+from training.schema import WorldPaths, read_world_meta
+from training.settings import Settings
+from training.shelves import Shelf, load_shelves
+from training.train import baseline_ranker, model_dir, training_set_dir
+from training.training_sets import load_training_set
+
+logger = logging.getLogger(__name__)
+
+NEW_LISTENER_DAYS = 30
+"""Listeners whose account is at most this many days old count as new in slices."""
+KS = (5, 10)
+PRIMARY_K = 10
+MIN_SLICE_GROUPS = 20
+
+
+def oracle_available(settings: Settings) -> bool:
+    """Synthetic worlds keep the generator's ground truth; imported ones do not."""
+    meta = read_world_meta(WorldPaths(settings.world_dir))
+    return meta.get("source") == "synthetic" and WorldPaths(settings.world_dir).truth.exists()
+
+
+def oracle_ranking_scores(settings: Settings, shelf: Shelf, frame: pd.DataFrame) -> np.ndarray:
+    """The generator's expected engagement: the best ranking any model could produce."""
+    from training.world import oracle_scores
+
+    pairs = frame[["listener_id", "item_id", "event_timestamp"]].rename(
+        columns={"event_timestamp": "timestamp"}
+    )
+    return oracle_scores(
+        settings.world_dir, pairs, horizon_days=shelf.label.horizon_days, measure=shelf.label.grade
+    )
+
+
+def system_metrics(frame: pd.DataFrame, score: np.ndarray, catalog_size: int) -> dict[str, float]:
+    """NDCG@5/@10, recall@5/@10, MAP and catalog coverage@10 of one system's scores."""
+    group, label = frame["group"].to_numpy(), frame["label"].to_numpy()
+    metrics = summarize(group, label, score, ks=KS)
+    metrics[f"coverage@{PRIMARY_K}"] = catalog_coverage(
+        group, frame["item_id"].to_numpy(), score, PRIMARY_K, catalog_size
+    )
+    return {name: float(value) for name, value in metrics.items()}
+
+
+def slice_labels(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per-row slice values: listener tenure (new / established), market, platform."""
+    tenure = np.where(frame["account_age_days"] <= NEW_LISTENER_DAYS, "new", "established")
+    return {
+        "tenure": pd.Series(tenure, index=frame.index),
+        "market": frame["market"].astype(str),
+        "platform": frame["platform"].astype(str),
+    }
+
+
+def slice_metrics(frame: pd.DataFrame, scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """NDCG@10 per slice value for every system; slices under MIN_SLICE_GROUPS are skipped."""
+    result: dict[str, Any] = {}
+    for name, values in slice_labels(frame).items():
+        result[name] = {}
+        for value in sorted(values.unique()):
+            mask = (values == value).to_numpy()
+            groups = frame.loc[mask, "group"].to_numpy()
+            if len(np.unique(groups)) < MIN_SLICE_GROUPS:
+                continue
+            labels = frame.loc[mask, "label"].to_numpy()
+            entry = {"groups": int(len(np.unique(groups)))}
+            for system, score in scores.items():
+                ndcg = ndcg_at_k(groups, labels, score[mask], PRIMARY_K)
+                entry[system] = {f"ndcg@{PRIMARY_K}": float(ndcg.mean())}
+            result[name][value] = entry
+    return result
+
+
+def compare(frame: pd.DataFrame, scores: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
+    """Model − baseline NDCG@10 with a paired bootstrap 95% interval over groups, and the
+    share of the baseline→oracle gap the model closes (when the oracle is known)."""
+    group, label = frame["group"].to_numpy(), frame["label"].to_numpy()
+    per_group = {name: ndcg_at_k(group, label, s, PRIMARY_K) for name, s in scores.items()}
+    interval = paired_bootstrap_ci(per_group["model"], per_group["baseline"], seed=seed)
+    result: dict[str, Any] = {
+        f"ndcg@{PRIMARY_K}_diff": float(interval["diff"]),
+        "ci95": [float(interval["low"]), float(interval["high"])],
+        "interval_excludes_zero": bool(interval["low"] > 0 or interval["high"] < 0),
+    }
+    if "oracle" in per_group:
+        gap = per_group["oracle"].mean() - per_group["baseline"].mean()
+        closed = (per_group["model"].mean() - per_group["baseline"].mean()) / gap if gap else None
+        result["gap_closed"] = None if closed is None else float(closed)
+    return result
+
+
+def evaluate_shelf(settings: Settings, shelf: Shelf, with_oracle: bool) -> dict[str, Any]:
+    """All metrics of one shelf on its held-out test window."""
+    test = load_training_set(training_set_dir(settings, shelf.name)).rows["test"]
+    test = test[in_audience(shelf, test["account_age_days"])].reset_index(drop=True)
+    model, _ = load_ranker(model_dir(settings, shelf.name))
+    scores = {"model": model.predict(test), "baseline": baseline_ranker(shelf).predict(test)}
+    if with_oracle:
+        scores["oracle"] = oracle_ranking_scores(settings, shelf, test)
+    items = pd.read_parquet(WorldPaths(settings.world_dir).items, columns=["content_type"])
+    catalog_size = int(items["content_type"].isin(shelf.content_types).sum())
+    report: dict[str, Any] = {
+        name: system_metrics(test, score, catalog_size) for name, score in scores.items()
+    }
+    report["slices"] = slice_metrics(test, scores)
+    report["model_vs_baseline"] = compare(test, scores)
+    report["test_window"] = {
+        "first": str(test["event_timestamp"].min()),
+        "last": str(test["event_timestamp"].max()),
+        "groups": int(test["group"].nunique()),
+        "rows": int(len(test)),
+    }
+    return report
+
+
+def evaluate_all(settings: Settings, only: list[str] | None = None) -> dict[str, Any]:
+    """``{"shelves": {name: report}}`` for every trained shelf (or those in ``only``)."""
+    with_oracle = oracle_available(settings)
+    shelves = [s for s in load_shelves(settings.shelves_file) if not only or s.name in only]
+    return {
+        "shelves": {shelf.name: evaluate_shelf(settings, shelf, with_oracle) for shelf in shelves}
+    }
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """A per-shelf text table: NDCG@10 of model, baseline, oracle, gap closed, interval."""
+    header = (
+        f"{'shelf':<22}{'model':>8}{'baseline':>10}{'oracle':>8}{'gap closed':>12}"
+        "  model-baseline 95% CI"
+    )
+    lines = [header, "-" * len(header)]
+    key = f"ndcg@{PRIMARY_K}"
+    for name, shelf in report["shelves"].items():
+        oracle = shelf.get("oracle", {}).get(key)
+        comparison = shelf["model_vs_baseline"]
+        gap = comparison.get("gap_closed")
+        low, high = comparison["ci95"]
+        lines.append(
+            f"{name:<22}{shelf['model'][key]:>8.4f}{shelf['baseline'][key]:>10.4f}"
+            f"{'' if oracle is None else f'{oracle:.4f}':>8}"
+            f"{'' if gap is None else f'{gap:.2f}':>12}  [{low:+.4f}, {high:+.4f}]"
+        )
+    return "\n".join(lines)

@@ -59,6 +59,7 @@ listener_profile = FeatureView(
         *[Field(name=f"share_{part}_28d", dtype=Float64) for part in DAYPARTS],
         Field(name="top_genres_28d", dtype=Array(String)),
         Field(name="top_genre_shares_28d", dtype=Array(Float64)),
+        Field(name="taste_vector", dtype=Array(Float64)),
     ],
     source=snapshot_source("listener_profile"),
 )
@@ -129,7 +130,8 @@ item_neighbours = FeatureView(
             Field(name=f"neighbours_{content_type}", dtype=Array(String)),
             Field(name=f"neighbour_scores_{content_type}", dtype=Array(Float64)),
         )
-    ],
+    ]
+    + [Field(name="item_taste_vector", dtype=Array(Float64))],
     source=snapshot_source("item_neighbours"),
 )
 
@@ -162,19 +164,21 @@ market_editorial = FeatureView(
 )
 
 
-# How well an item fits a listener: genre share of their plays, same market, same dayparts.
+# How well an item fits a listener: taste vectors, genre share, market and dayparts.
 @on_demand_feature_view(
     sources=[
         listener_profile[
-            ["market", "top_genres_28d", "top_genre_shares_28d"]
+            ["market", "top_genres_28d", "top_genre_shares_28d", "taste_vector"]
             + [f"share_{part}_28d" for part in DAYPARTS]
         ],
         item_stats[["genre", "item_market"] + [f"item_share_{part}_28d" for part in DAYPARTS]],
+        item_neighbours[["item_taste_vector"]],
     ],
     schema=[
         Field(name="genre_affinity_28d", dtype=Float64),
         Field(name="same_market", dtype=Int64),
         Field(name="daypart_match_28d", dtype=Float64),
+        Field(name="taste_match", dtype=Float64),
     ],
     mode="pandas",
 )
@@ -196,11 +200,20 @@ def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
         listener_share = pd.to_numeric(inputs[f"share_{part}_28d"]).fillna(0.0).to_numpy()
         item_share = pd.to_numeric(inputs[f"item_share_{part}_28d"]).fillna(0.0).to_numpy()
         daypart_match += listener_share * item_share
+    taste_match = np.full(len(inputs), np.nan)
+    listener_dims = inputs["taste_vector"].map(lambda v: 0 if v is None else len(v)).to_numpy()
+    item_dims = inputs["item_taste_vector"].map(lambda v: 0 if v is None else len(v)).to_numpy()
+    both = (listener_dims > 0) & (listener_dims == item_dims)
+    if both.any():
+        listener_vectors = np.stack(inputs["taste_vector"].to_numpy()[both]).astype(float)
+        item_vectors = np.stack(inputs["item_taste_vector"].to_numpy()[both]).astype(float)
+        taste_match[both] = (listener_vectors * item_vectors).sum(axis=1)
     return pd.DataFrame(
         {
             "genre_affinity_28d": affinity,
             "same_market": (inputs["market"] == inputs["item_market"]).astype("int64").to_numpy(),
             "daypart_match_28d": daypart_match,
+            "taste_match": taste_match,
         }
     )
 

@@ -6,7 +6,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -101,3 +103,54 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+# --------------------------------------------------------------------------- trained worlds
+#
+# XGBoost trains with two OpenMP threads (ShelfRanker's default n_jobs). On a busy 2-core
+# machine, spinning OpenMP workers make that many times slower (about 10x measured here);
+# passive waiting keeps the models bit-identical and the shelf tests fast. It must be set
+# before OpenMP loads (with the first xgboost/sklearn import), which no import above does.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+TRAIN_WORLD = WorldConfig(listeners=300, days=50, seed=1)
+"""The world the shelf models are trained on: small, yet enough snapshots to learn from."""
+SHORT_WINDOWS = {"warmup_days": 7, "valid_days": 3, "test_days": 4, "train_every_days": 2}
+"""Time-split settings that fit small worlds (35-50 days) with a 7-day label horizon."""
+
+
+@dataclass(frozen=True)
+class TrainedWorld:
+    """A world with every shelf trained by ``train_all`` and evaluated by ``evaluate_all``."""
+
+    settings: Settings
+    trained: dict[str, Any]  # shelf name -> TrainedShelf
+    fitted: dict[str, Any]  # shelf name -> the ShelfRanker object train_all saved, in memory
+    report: dict[str, Any]  # evaluate_all(settings)
+
+
+@pytest.fixture(scope="session")
+def trained_world(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorld:
+    """TRAIN_WORLD generated, featurized, applied, materialized, trained and evaluated.
+
+    ``save_ranker`` is wrapped while training so the tests also hold each ranker exactly
+    as it was right after fitting, before it touched the disk.
+    """
+    from evaluation.report import evaluate_all
+    from training import train
+    from training.pipeline import prepare_features
+
+    settings = project_settings(tmp_path_factory.mktemp("trained") / "data", **SHORT_WINDOWS)
+    generate_world(TRAIN_WORLD, settings.world_dir)
+    prepare_features(settings)
+    fitted: dict[str, Any] = {}
+    save_ranker = train.save_ranker
+
+    def keep_fitted(ranker, directory, metadata):
+        fitted[metadata["shelf"]] = ranker
+        return save_ranker(ranker, directory, metadata)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "save_ranker", keep_fitted)
+        trained = {shelf.shelf: shelf for shelf in train.train_all(settings)}
+    return TrainedWorld(settings, trained, fitted, evaluate_all(settings))

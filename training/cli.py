@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from training.settings import Settings
+from training.world import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED
 
 app = typer.Typer(help="homerec: a Home page recommender on Feast features.", no_args_is_help=True)
 world_app = typer.Typer(
@@ -29,11 +30,11 @@ def _settings(ctx: typer.Context) -> Settings:
 def main(
     ctx: typer.Context,
     data_dir: Annotated[
-        Path | None, typer.Option(help="Data directory [env HOMEREC_DATA_DIR, default ./data].")
+        Path | None, typer.Option(help="Data directory (env HOMEREC_DATA_DIR; default ./data).")
     ] = None,
     online_store: Annotated[
         str | None,
-        typer.Option(help="sqlite or redis [env HOMEREC_ONLINE_STORE, default sqlite]."),
+        typer.Option(help="sqlite or redis (env HOMEREC_ONLINE_STORE; default sqlite)."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -49,24 +50,16 @@ def main(
 @world_app.command("generate")
 def world_generate(
     ctx: typer.Context,
-    listeners: Annotated[int, typer.Option(min=10, help="Number of listeners.")] = 0,
-    days: Annotated[int, typer.Option(min=14, help="Days of listening.")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 0,
+    listeners: Annotated[
+        int, typer.Option(min=10, help="Number of listeners.")
+    ] = DEFAULT_LISTENERS,
+    days: Annotated[int, typer.Option(min=14, help="Days of listening.")] = DEFAULT_DAYS,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = DEFAULT_SEED,
 ) -> None:
     """Generate a synthetic listening world into DATA_DIR/world."""
-    from training.world import (
-        DEFAULT_DAYS,
-        DEFAULT_LISTENERS,
-        DEFAULT_SEED,
-        WorldConfig,
-        generate_world,
-    )
+    from training.world import WorldConfig, generate_world
 
-    config = WorldConfig(
-        listeners=listeners or DEFAULT_LISTENERS,
-        days=days or DEFAULT_DAYS,
-        seed=seed or DEFAULT_SEED,
-    )
+    config = WorldConfig(listeners=listeners, days=days, seed=seed)
     meta = generate_world(config, _settings(ctx).world_dir)
     typer.echo(json.dumps(meta, indent=2, default=str))
 
@@ -128,32 +121,58 @@ def features_sample(
 
 
 @app.command()
+def train(
+    ctx: typer.Context,
+    shelf: Annotated[list[str] | None, typer.Option(help="Only this shelf (repeatable).")] = None,
+) -> None:
+    """Build each shelf's training set from Feast and fit its XGBoost ranker."""
+    from training.train import train_all
+
+    for trained in train_all(_settings(ctx), shelf):
+        seconds = {name: round(value, 1) for name, value in trained.seconds.items()}
+        typer.echo(f"{trained.shelf}: {trained.model_dir} sha256={trained.sha256[:12]} {seconds}")
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    shelf: Annotated[list[str] | None, typer.Option(help="Only this shelf (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Model vs heuristic baseline (and oracle) on the held-out test window."""
+    from evaluation.report import evaluate_all, format_table
+
+    report = evaluate_all(_settings(ctx), shelf)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
-    listeners: Annotated[int, typer.Option(min=10, help="Number of listeners.")] = 0,
-    days: Annotated[int, typer.Option(min=14, help="Days of listening.")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    listeners: Annotated[
+        int, typer.Option(min=10, help="Number of listeners.")
+    ] = DEFAULT_LISTENERS,
+    days: Annotated[int, typer.Option(min=14, help="Days of listening.")] = DEFAULT_DAYS,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = DEFAULT_SEED,
 ) -> None:
-    """The main job end to end on the embedded stores: generate, build, apply, materialize."""
+    """The main job end to end: world, features, Feast, training, evaluation."""
+    from evaluation.report import evaluate_all, format_table
     from training.pipeline import StepTimer, online_sample, prepare_features
-    from training.world import (
-        DEFAULT_DAYS,
-        DEFAULT_LISTENERS,
-        DEFAULT_SEED,
-        WorldConfig,
-        generate_world,
-    )
+    from training.train import train_all
+    from training.world import WorldConfig, generate_world
 
     settings = _settings(ctx)
     timer = StepTimer()
-    config = WorldConfig(
-        listeners=listeners or DEFAULT_LISTENERS,
-        days=days or DEFAULT_DAYS,
-        seed=seed or DEFAULT_SEED,
-    )
+    config = WorldConfig(listeners=listeners, days=days, seed=seed)
     timer.run("world generate", generate_world, config, settings.world_dir)
     prepare_features(settings, timer)
     sample = timer.run("online sample", online_sample, settings)
     typer.echo("online features of a listener and their items (get_online_features):")
     typer.echo(json.dumps(sample, indent=2, default=str))
+    for trained in timer.run("train", train_all, settings):
+        seconds = {name: round(value, 1) for name, value in trained.seconds.items()}
+        typer.echo(f"trained {trained.shelf} in {seconds} -> {trained.model_dir}")
+    report = timer.run("evaluate", evaluate_all, settings)
+    typer.echo("NDCG@10 on the held-out test window:")
+    typer.echo(format_table(report))
     typer.echo("step times (s): " + json.dumps({k: round(v, 1) for k, v in timer.seconds.items()}))

@@ -61,6 +61,7 @@ DAYPARTS: dict[str, tuple[int, int]] = {
 }
 """Local hour ranges [from, to) of the dayparts used for time-of-day habits."""
 TOP_GENRES = 5
+TASTE_DIM = 16
 FAMILIAR_ITEMS = 30
 NEIGHBOURS_PER_TYPE = 20
 MIN_CO_LISTENERS = 2
@@ -271,12 +272,84 @@ def build_features(world_dir: Path, features_dir: Path) -> dict[str, int]:
 
 def _build_all(world: EncodedWorld, writers: _TableWriters) -> None:
     accumulators = _ItemAccumulators.empty(world)
+    factors = taste_factors(world)
     for chunk in tqdm(list(_listener_chunks(world)), desc="listener features", unit="chunk"):
-        _build_listener_chunk(world, chunk, writers, accumulators)
+        _build_listener_chunk(world, chunk, writers, accumulators, factors)
     writers.write("item_stats", _item_stats_table(world, accumulators))
     writers.write("segment_popular", _segment_popular_table(world, accumulators))
     writers.write("market_editorial", _market_editorial_table(world))
-    writers.write("item_neighbours", _item_neighbours_table(world, accumulators))
+    writers.write("item_neighbours", _item_neighbours_table(world, accumulators, factors))
+
+
+# --- taste embeddings -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TasteFactors:
+    """Item taste vectors from a truncated SVD of the 28-day listener x item play matrix
+    (log1p counts), refit at every co-listening snapshot. A listener's taste vector at a
+    daily snapshot folds their own 28-day plays into the latest fit:
+    ``normalize(log1p(plays) @ item_vectors)``; their dot product with an item's vector
+    is the item's predicted affinity for that listener (up to the listener's scale)."""
+
+    snapshots: np.ndarray  # 0-based snapshot indices of the fits, ascending
+    item_vectors: list[np.ndarray]  # one (items x TASTE_DIM) array per fit
+
+    def fit_for(self, snapshot: int) -> int:
+        """Index of the latest fit at or before ``snapshot``, or -1."""
+        return int(np.searchsorted(self.snapshots, snapshot, side="right")) - 1
+
+
+def taste_factors(world: EncodedWorld) -> TasteFactors:
+    from sklearn.utils.extmath import randomized_svd
+
+    snapshots = _neighbour_snapshots(world.n_days)
+    sampled = _colisten_sample(world.event_listener, len(world.listeners))
+    vectors = []
+    for snapshot in tqdm(snapshots, desc="taste factors", unit="snapshot"):
+        in_window = (world.event_day <= snapshot) & (world.event_day > snapshot - LONG_WINDOW_DAYS)
+        keep = in_window & sampled
+        plays = sparse.csr_matrix(
+            (np.ones(keep.sum()), (world.event_listener[keep], world.event_item[keep])),
+            shape=(len(world.listeners), len(world.items)),
+        )
+        plays.data = np.log1p(plays.data)
+        rank = min(TASTE_DIM, min(plays.shape) - 1)
+        _, _, components = randomized_svd(plays, rank, random_state=0)
+        item_vectors = np.zeros((len(world.items), TASTE_DIM))
+        item_vectors[:, :rank] = components.T
+        vectors.append(item_vectors)
+    return TasteFactors(snapshots, vectors)
+
+
+def _listener_taste(
+    factors: TasteFactors, pair_listener, pair_item, long_plays, n_listeners: int
+) -> np.ndarray:
+    """(listeners x snapshots x TASTE_DIM) unit taste vectors; NaN before the first fit or
+    without plays in the window."""
+    n_snapshots = long_plays.shape[1]
+    taste = np.full((n_listeners, n_snapshots, TASTE_DIM), np.nan)
+    for snapshot in range(n_snapshots):
+        fit = factors.fit_for(snapshot)
+        if fit < 0:
+            continue
+        weights = sparse.csr_matrix(
+            (np.log1p(long_plays[:, snapshot]), (pair_listener, pair_item)),
+            shape=(n_listeners, factors.item_vectors[fit].shape[0]),
+        )
+        vectors = weights @ factors.item_vectors[fit]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            taste[:, snapshot] = np.where(norms > 0, vectors / norms, np.nan)
+    return taste
+
+
+def _vector_column(vectors: np.ndarray) -> pa.ListArray:
+    """Rows of a 2-D array as a list column; rows with NaN become empty lists."""
+    valid = ~np.isnan(vectors).any(axis=1)
+    lengths = np.where(valid, vectors.shape[1], 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return _list_column(offsets, pa.array(vectors[valid].ravel(), pa.float64()))
 
 
 # --- listener chunks: listener_profile, listener_item, listener_familiar ----------------
@@ -337,7 +410,11 @@ def _neighbour_snapshots(n_days: int) -> np.ndarray:
 
 
 def _build_listener_chunk(
-    world: EncodedWorld, chunk: _Chunk, writers: _TableWriters, acc: _ItemAccumulators
+    world: EncodedWorld,
+    chunk: _Chunk,
+    writers: _TableWriters,
+    acc: _ItemAccumulators,
+    factors: TasteFactors,
 ) -> None:
     n_days, n_items = world.n_days, len(world.items)
     n_listeners = chunk.stop - chunk.first
@@ -363,7 +440,16 @@ def _build_listener_chunk(
     listener_long_plays = _daily_window_per_listener(long_plays, pair_listener, n_listeners)
     writers.write(
         "listener_profile",
-        _listener_profile_table(world, chunk, local, item, day, ms, long_plays, pair_listener),
+        _listener_profile_table(
+            world, chunk, local, item, day, ms, long_plays, pair_listener
+        ).append_column(
+            "taste_vector",
+            _vector_column(
+                _listener_taste(factors, pair_listener, pair_item, long_plays, n_listeners)[
+                    _listener_rows(world, chunk)
+                ]
+            ),
+        ),
     )
     writers.write(
         "listener_item",
@@ -710,7 +796,9 @@ def _market_editorial_table(world: EncodedWorld) -> pa.Table:
     return pa.table(columns)
 
 
-def _item_neighbours_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:
+def _item_neighbours_table(
+    world: EncodedWorld, acc: _ItemAccumulators, factors: TasteFactors
+) -> pa.Table:
     """Co-listening neighbours: cosine similarity of items' 28-day listener sets, top per type."""
     pairs = np.concatenate(acc.colisten_pairs) if acc.colisten_pairs else np.zeros((0, 3), np.int64)
     tables = []
@@ -718,7 +806,9 @@ def _item_neighbours_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Ta
     for snapshot in tqdm(_neighbour_snapshots(world.n_days), desc="co-listening", unit="snapshot"):
         at = pairs[pairs[:, 2] == snapshot]
         released = rows_i[rows_s == snapshot]
-        tables.append(_neighbours_at(world, at[:, 0], at[:, 1], released, snapshot))
+        table = _neighbours_at(world, at[:, 0], at[:, 1], released, snapshot)
+        vectors = factors.item_vectors[factors.fit_for(snapshot)][released]
+        tables.append(table.append_column("item_taste_vector", _vector_column(vectors)))
     return pa.concat_tables(tables)
 
 

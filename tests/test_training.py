@@ -169,11 +169,12 @@ def test_label_counts_plays_strictly_after_the_snapshot_up_to_the_horizon():
     assert graded[0] == 1 + min(3, (20 + 90) // 15), "boundaries did not move with the snapshot"
 
 
-def expected_label(label: Label, plays: pd.DataFrame, t: pd.Timestamp) -> int:
+def expected_label(label: Label, pair_events: pd.DataFrame, t: pd.Timestamp) -> int:
     """A label recomputed from one pair's raw plays, written independently of label_rows."""
-    timestamps = plays["timestamp"]
+    timestamps = pair_events["timestamp"]
     inside = ((timestamps > t) & (timestamps <= t + label.horizon_days * DAY)).to_numpy()
-    plays, minutes = int(inside.sum()), float(plays["ms_played"].to_numpy()[inside].sum()) / 60e3
+    plays = int(inside.sum())
+    minutes = float(pair_events["ms_played"].to_numpy()[inside].sum()) / 60_000
     if label.grade == "plays":
         return min(plays, 4)
     return 0 if plays == 0 else 1 + min(3, int(minutes // 15))

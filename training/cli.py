@@ -72,13 +72,9 @@ def world_import(
     listeners: Annotated[Path | None, typer.Option(help="Listener attributes (optional).")] = None,
 ) -> None:
     """Import a real listening log into DATA_DIR/world (validated before anything is written)."""
-    from training.world_import import WorldImportError, import_world
+    from training.world_import import import_world
 
-    try:
-        meta = import_world(events, _settings(ctx).world_dir, items=items, listeners=listeners)
-    except WorldImportError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from error
+    meta = import_world(events, _settings(ctx).world_dir, items=items, listeners=listeners)
     typer.echo(json.dumps(meta, indent=2, default=str))
 
 
@@ -176,3 +172,16 @@ def demo(
     typer.echo("NDCG@10 on the held-out test window:")
     typer.echo(format_table(report))
     typer.echo("step times (s): " + json.dumps({k: round(v, 1) for k, v in timer.seconds.items()}))
+
+
+def run() -> None:
+    """Console entry point: errors a user can fix print one line and exit with status 2."""
+    from training.rankers import ModelIntegrityError
+    from training.shelves import ShelfConfigError
+    from training.world_import import WorldImportError
+
+    try:
+        app()
+    except (FileNotFoundError, ShelfConfigError, ModelIntegrityError, WorldImportError) as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)

@@ -1,0 +1,65 @@
+"""The ``homerec`` command line: the commands exist and ``evaluate --json`` prints one
+JSON object on stdout (logs go to stderr), on a trained world."""
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from tests.conftest import REPO_ROOT, TrainedWorld
+from training.cli import app
+
+COMMANDS = ("world", "features", "train", "evaluate", "demo")
+
+
+def strict_json(text: str):
+    """Parse ``text`` as exactly one JSON value, refusing NaN and Infinity."""
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_help_lists_every_command():
+    """`homerec --help` lists the pipeline's commands."""
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    for command in COMMANDS:
+        assert command in result.stdout, f"{command} missing from --help"
+
+
+def test_evaluate_json_prints_exactly_one_json_object(trained_world: TrainedWorld):
+    """`homerec --data-dir D evaluate --json` prints one strict JSON object on stdout, the
+    report of every shelf, equal to evaluate_all's; nothing else shares stdout."""
+    data_dir = str(trained_world.settings.data_dir)
+    result = CliRunner().invoke(app, ["--data-dir", data_dir, "evaluate", "--json"])
+    assert result.exit_code == 0, result.output
+    report = strict_json(result.stdout)
+    assert list(report) == ["shelves"]
+    assert list(report["shelves"]) == list(trained_world.report["shelves"])
+    assert report == json.loads(json.dumps(trained_world.report))
+
+
+def test_evaluate_one_shelf_as_a_table(trained_world: TrainedWorld):
+    """`evaluate --shelf shortcuts` prints the table of that shelf only."""
+    data_dir = str(trained_world.settings.data_dir)
+    result = CliRunner().invoke(app, ["--data-dir", data_dir, "evaluate", "--shelf", "shortcuts"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split()[:4] == ["shelf", "model", "baseline", "oracle"]
+    assert [line.split()[0] for line in lines[2:]] == ["shortcuts"]
+
+
+def test_evaluate_json_in_a_real_process_keeps_logs_off_stdout(trained_world: TrainedWorld):
+    """Run as a process, where the CLI configures logging itself: INFO logs go to stderr
+    and stdout is still exactly one JSON object, so `homerec evaluate --json | jq` works."""
+    command = [sys.executable, "-c", "from training.cli import app; app()"]
+    args = ["--data-dir", str(trained_world.settings.data_dir), "evaluate", "--json"]
+    result = subprocess.run(
+        command + args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(strict_json(result.stdout)) == ["shelves"]
+    assert "loaded ranker" in result.stderr, "the logs went somewhere else"

@@ -523,9 +523,7 @@ def test_user_added_shelf_trains_and_evaluates_with_no_code_change(
     model and a report, through Settings.shelves_file alone."""
     path = tmp_path / "shelves.yaml"
     path.write_text(yaml.safe_dump({"shelves": [MORE_ALBUMS]}, sort_keys=False))
-    settings = project_settings(
-        trained_world.settings.data_dir, shelves_file=path, **SHORT_WINDOWS
-    )
+    settings = project_settings(trained_world.settings.data_dir, shelves_file=path, **SHORT_WINDOWS)
     trained = train_all(settings)
     assert [t.shelf for t in trained] == ["more_albums"]
     ts = training_set(settings, "more_albums")

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from training.features import ALL_AGES
+from training.features import ALL_AGES, segment_ids
 from training.shelves import (
     EditorialSource,
     FamiliarSource,
@@ -90,9 +90,14 @@ def read_candidate_inputs(
 
     segments = pd.concat(
         [
-            listeners.assign(segment="market", segment_id=listeners["market"] + f"|{ALL_AGES}"),
             listeners.assign(
-                segment="market_age", segment_id=listeners["market"] + "|" + listeners["age_bucket"]
+                segment="market", segment_id=segment_ids(listeners["market"], ALL_AGES)
+            ),
+            listeners.assign(
+                segment="market_age",
+                segment_id=segment_ids(
+                    listeners["market"], listeners["age_bucket"].astype("string")
+                ),
             ),
         ],
         ignore_index=True,

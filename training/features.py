@@ -6,7 +6,7 @@ Snapshot semantics (the contract every table follows): the row stamped
 exactly the past, and the online store, materialized up to the world's end, serves the
 row stamped at the end: the same numbers.
 
-Tables written to ``<data_dir>/features/`` (one parquet file each, names in ``TABLES``):
+Tables written to ``<data_dir>/features/`` (one parquet file each):
 
 =====================  ==================  ======================================================
 table                  entity              what
@@ -70,29 +70,20 @@ MAX_COLISTEN_LISTENERS = 100_000
 POPULAR_PER_TYPE = 50
 EDITORIAL_PER_TYPE = 50
 ALL_AGES = "all"
-TABLES = (
-    "listener_profile",
-    "item_stats",
-    "listener_item",
-    "listener_familiar",
-    "item_neighbours",
-    "segment_popular",
-    "market_editorial",
-)
 CELLS_PER_CHUNK = 40_000_000
 """Upper bound on (pairs x days) cells of one listener chunk's dense arrays."""
 
 
-def segment_id(market: str, age_bucket: str) -> str:
-    """Key of a popularity segment: a market and an age bucket, or ``ALL_AGES``."""
-    return f"{market}|{age_bucket}"
+def segment_ids(market: pd.Series, age_bucket: pd.Series | str) -> pd.Series:
+    """Keys of popularity segments: ``"<market>|<age bucket>"``, or ``"<market>|all"``
+    (``ALL_AGES``) for the whole market. Missing markets give missing keys."""
+    return market.astype("string") + "|" + age_bucket
 
 
 def _listener_segments(listeners: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each listener's two popularity segments: market and age bucket, and market alone."""
-    market = listeners["market"].to_numpy(dtype=str)
-    own = np.char.add(np.char.add(market, "|"), listeners["age_bucket"].to_numpy(dtype=str))
-    return own, np.char.add(market, f"|{ALL_AGES}")
+    own = segment_ids(listeners["market"], listeners["age_bucket"].astype("string"))
+    return own.to_numpy(dtype=str), segment_ids(listeners["market"], ALL_AGES).to_numpy(dtype=str)
 
 
 @dataclass(frozen=True)
@@ -129,8 +120,10 @@ def encode_world(world_dir: Path) -> EncodedWorld:
     n_days = int(np.ceil((end - start) / DAY))
     listeners = pd.read_parquet(paths.listeners).sort_values("listener_id", ignore_index=True)
     items = pd.read_parquet(paths.items).sort_values("item_id", ignore_index=True)
-    events = pd.read_parquet(
-        paths.events, columns=["listener_id", "item_id", "timestamp", "ms_played", "hour"]
+    events = pq.read_table(
+        paths.events,
+        columns=["listener_id", "item_id", "timestamp", "ms_played", "hour"],
+        read_dictionary=["listener_id", "item_id"],
     )
     genres, genre_code = np.unique(items["genre"].to_numpy(dtype=str), return_inverse=True)
     items = items.assign(
@@ -139,8 +132,8 @@ def encode_world(world_dir: Path) -> EncodedWorld:
         release_day=_day_index(items["released_at"], start),
     )
     listeners = listeners.assign(signup_day=_day_index(listeners["signup_at"], start))
-    event_listener = _codes(events["listener_id"], listeners["listener_id"], "listener_id")
-    event_item = _codes(events["item_id"], items["item_id"], "item_id")
+    stamps = events.column("timestamp").cast(pa.timestamp("ns", tz="UTC")).to_numpy()
+    event_day = (stamps.astype(np.int64) - start.value) // DAY.value
     bounds = np.array([lo for lo, _ in DAYPARTS.values()][1:])
     return EncodedWorld(
         start=start,
@@ -148,11 +141,13 @@ def encode_world(world_dir: Path) -> EncodedWorld:
         listeners=listeners,
         items=items,
         genres=genres,
-        event_listener=event_listener,
-        event_item=event_item,
-        event_day=np.clip(_day_index(events["timestamp"], start), 0, n_days - 1),
-        event_ms=events["ms_played"].to_numpy(dtype=np.float64),
-        event_daypart=np.searchsorted(bounds, events["hour"].to_numpy(), side="right"),
+        event_listener=_codes(
+            events.column("listener_id"), listeners["listener_id"], "listener_id"
+        ),
+        event_item=_codes(events.column("item_id"), items["item_id"], "item_id"),
+        event_day=np.clip(event_day, 0, n_days - 1),
+        event_ms=events.column("ms_played").to_numpy().astype(np.float64),
+        event_daypart=np.searchsorted(bounds, events.column("hour").to_numpy(), side="right"),
     )
 
 
@@ -161,12 +156,17 @@ def _day_index(timestamps: pd.Series, start: pd.Timestamp) -> np.ndarray:
     return np.floor((timestamps - start) / DAY).to_numpy(dtype=np.int64)
 
 
-def _codes(values: pd.Series, vocabulary: pd.Series, column: str) -> np.ndarray:
-    codes = pd.Index(vocabulary).get_indexer(values)
-    if (codes < 0).any():
-        unknown = values[codes < 0].iloc[0]
-        raise ValueError(f"events reference unknown {column} {unknown!r}")
-    return codes
+def _codes(column: pa.ChunkedArray, vocabulary: pd.Series, name: str) -> np.ndarray:
+    """Codes of a dictionary-encoded id column in ``vocabulary`` (ids are looked up once per
+    distinct value, not once per event)."""
+    parts = []
+    for chunk in column.chunks:
+        mapping = pd.Index(vocabulary).get_indexer(chunk.dictionary.to_pandas())
+        if (mapping < 0).any():
+            unknown = chunk.dictionary[int(np.flatnonzero(mapping < 0)[0])]
+            raise ValueError(f"events reference unknown {name} {unknown}")
+        parts.append(mapping[chunk.indices.to_numpy(zero_copy_only=False)])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _cumulative(daily: np.ndarray) -> np.ndarray:
@@ -243,7 +243,7 @@ def _timestamps(world: EncodedWorld, snapshot_index: np.ndarray) -> pa.Array:
 
 
 def build_features(world_dir: Path, features_dir: Path) -> dict[str, int]:
-    """Build every snapshot table of ``TABLES`` from the world at ``world_dir``.
+    """Build every snapshot table from the world at ``world_dir``.
 
     Writes into a staging directory and swaps it into place at the end, so a failed build
     leaves the previous tables untouched. Returns the row count of each table.

@@ -62,7 +62,6 @@ DAYPARTS: dict[str, tuple[int, int]] = {
 """Local hour ranges [from, to) of the dayparts used for time-of-day habits."""
 TOP_GENRES = 5
 TASTE_DIM = 16
-FAMILIAR_ITEMS = 30
 NEIGHBOURS_PER_TYPE = 20
 MIN_CO_LISTENERS = 2
 NEIGHBOUR_EVERY_DAYS = 7
@@ -620,7 +619,9 @@ def _listener_item_table(
 
 
 def _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays, pair_last):
-    """Familiar items per (listener, snapshot): most played in 28 days, then most recent."""
+    """Familiar items per (listener, snapshot): every item played in the last 28 days, most
+    played first, then most recent. The whole list, so discovery shelves can exclude all of
+    it; Shortcuts takes the head of it."""
     rows_l, rows_s = _listener_rows(world, chunk)
     n_days = world.n_days
     row_of = np.full((chunk.stop - chunk.first, n_days), -1, np.int64)
@@ -634,7 +635,7 @@ def _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays,
         np.arange(len(p)),
         [-long_plays[p, s], -pair_last[p, s], pair_item[p]],
         len(rows_l),
-        FAMILIAR_ITEMS,
+        len(p),
     )
     item_ids = world.items["item_id"].to_numpy(dtype=str)
     return pa.table(

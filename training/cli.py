@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -180,6 +181,9 @@ def run() -> None:
     from training.shelves import ShelfConfigError
     from training.world_import import WorldImportError
 
+    # XGBoost's OpenMP threads otherwise spin while waiting; on a busy 2-core machine that
+    # makes training many times slower for identical models.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app()
     except (FileNotFoundError, ShelfConfigError, ModelIntegrityError, WorldImportError) as error:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 from feast.types import Array
+from tqdm.auto import tqdm
 
 from training.candidates import (
     candidate_feature_names,
@@ -169,6 +170,19 @@ class TrainingSet:
     data_hash: str
 
 
+SNAPSHOTS_PER_BATCH = 4
+"""Snapshots whose requests are read from Feast together: bounds peak memory."""
+
+
+def _snapshot_batches(requests: pd.DataFrame) -> list[pd.DataFrame]:
+    """``requests`` split into runs of ``SNAPSHOTS_PER_BATCH`` snapshot times."""
+    times = np.sort(requests["event_timestamp"].unique())
+    return [
+        requests[requests["event_timestamp"].isin(times[i : i + SNAPSHOTS_PER_BATCH])]
+        for i in range(0, len(times), SNAPSHOTS_PER_BATCH)
+    ]
+
+
 def build_training_set(
     store: FeatureStore, shelf: Shelf, world_dir: Path, split: TimeSplit
 ) -> TrainingSet:
@@ -180,10 +194,17 @@ def build_training_set(
     )
     names = model_feature_names(store, shelf)
     rows: dict[str, pd.DataFrame] = {}
+    columns = [*REQUEST_COLUMNS, "item_id", "source", "reason", *names, "label"]
     for window in ("train", "valid", "test"):
         requests = snapshot_requests(listeners, getattr(split, window))
-        built = build_rows(store, shelf, requests, events)
-        rows[window] = built[[*REQUEST_COLUMNS, "item_id", "source", "reason", *names, "label"]]
+        batches = [
+            build_rows(store, shelf, batch, events)[columns]
+            for batch in tqdm(
+                _snapshot_batches(requests), desc=f"{shelf.name} {window}", unit="batch"
+            )
+        ]
+        built = pd.concat(batches, ignore_index=True)
+        rows[window] = built
         logger.info(
             "%s %s: %d of %d requests with a relevant candidate, %d candidates, %.1f%% positive",
             shelf.name,

@@ -39,14 +39,21 @@ def repo_config(settings: Settings) -> RepoConfig:
     raw: dict[str, Any] = yaml.safe_load(
         os.path.expandvars(feature_store_yaml(settings).read_text())
     )
-    feast_dir = settings.feast_dir.resolve()
-    raw["registry"] = str(feast_dir / "registry.db")
+    repo = settings.feature_repo.resolve()
+
+    def in_feast_dir(name: str) -> str:
+        # Relative to the repo, as the yaml writes them: for the default data directory the
+        # Feast CLI and homerec then name the same files the same way (Feast compares
+        # paths as strings when it plans infrastructure changes).
+        return os.path.relpath(settings.feast_dir.resolve() / name, repo)
+
+    raw["registry"] = in_feast_dir("registry.db")
     if settings.online_store == "redis":
         raw["online_store"]["connection_string"] = settings.redis_connection
     else:
-        raw["online_store"]["path"] = str(feast_dir / "online_store.db")
+        raw["online_store"]["path"] = in_feast_dir("online_store.db")
     config = RepoConfig(**raw)
-    config.repo_path = settings.feature_repo.resolve()
+    config.repo_path = repo
     return config
 
 

@@ -60,7 +60,8 @@ def repo_config(settings: Settings) -> RepoConfig:
 def open_store(settings: Settings) -> FeatureStore:
     """A FeatureStore on the settings' data directory and online store."""
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(config=repo_config(settings))
+    config = repo_config(settings)
+    return FeatureStore(repo_path=str(config.repo_path), config=config)
 
 
 @contextlib.contextmanager

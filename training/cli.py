@@ -20,7 +20,10 @@ features_app = typer.Typer(help="Feature tables and the Feast feature store.", n
 app.add_typer(world_app, name="world")
 app.add_typer(features_app, name="features")
 
-logger = logging.getLogger("homerec")
+
+Listeners = Annotated[int, typer.Option(min=10, help="Number of listeners.")]
+Days = Annotated[int, typer.Option(min=14, help="Days of listening.")]
+Seed = Annotated[int, typer.Option(help="Random seed: same seed, same files.")]
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -51,11 +54,9 @@ def main(
 @world_app.command("generate")
 def world_generate(
     ctx: typer.Context,
-    listeners: Annotated[
-        int, typer.Option(min=10, help="Number of listeners.")
-    ] = DEFAULT_LISTENERS,
-    days: Annotated[int, typer.Option(min=14, help="Days of listening.")] = DEFAULT_DAYS,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = DEFAULT_SEED,
+    listeners: Listeners = DEFAULT_LISTENERS,
+    days: Days = DEFAULT_DAYS,
+    seed: Seed = DEFAULT_SEED,
 ) -> None:
     """Generate a synthetic listening world into DATA_DIR/world."""
     from training.world import WorldConfig, generate_world
@@ -146,11 +147,9 @@ def evaluate(
 @app.command()
 def demo(
     ctx: typer.Context,
-    listeners: Annotated[
-        int, typer.Option(min=10, help="Number of listeners.")
-    ] = DEFAULT_LISTENERS,
-    days: Annotated[int, typer.Option(min=14, help="Days of listening.")] = DEFAULT_DAYS,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = DEFAULT_SEED,
+    listeners: Listeners = DEFAULT_LISTENERS,
+    days: Days = DEFAULT_DAYS,
+    seed: Seed = DEFAULT_SEED,
 ) -> None:
     """The main job end to end: world, features, Feast, training, evaluation."""
     from evaluation.report import evaluate_all, format_table

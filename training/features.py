@@ -321,19 +321,17 @@ def taste_factors(world: EncodedWorld) -> TasteFactors:
     return TasteFactors(snapshots, vectors)
 
 
-def _listener_taste(
-    factors: TasteFactors, pair_listener, pair_item, long_plays, n_listeners: int
-) -> np.ndarray:
+def _listener_taste(factors: TasteFactors, pairs: "_Pairs", n_listeners: int) -> np.ndarray:
     """(listeners x snapshots x TASTE_DIM) unit taste vectors; NaN before the first fit or
     without plays in the window."""
-    n_snapshots = long_plays.shape[1]
+    n_snapshots = pairs.long_plays.shape[1]
     taste = np.full((n_listeners, n_snapshots, TASTE_DIM), np.nan)
     for snapshot in range(n_snapshots):
         fit = factors.fit_for(snapshot)
         if fit < 0:
             continue
         weights = sparse.csr_matrix(
-            (np.log1p(long_plays[:, snapshot]), (pair_listener, pair_item)),
+            (np.log1p(pairs.long_plays[:, snapshot]), (pairs.listener, pairs.item)),
             shape=(n_listeners, factors.item_vectors[fit].shape[0]),
         )
         vectors = weights @ factors.item_vectors[fit]
@@ -408,6 +406,41 @@ def _neighbour_snapshots(n_days: int) -> np.ndarray:
     return np.arange(n_days - 1, -1, -NEIGHBOUR_EVERY_DAYS)[::-1]
 
 
+@dataclass(frozen=True)
+class _Pairs:
+    """The (listener, item) pairs of one listener chunk and their play history."""
+
+    listener: np.ndarray  # chunk-local listener code of each pair
+    item: np.ndarray
+    cum_plays: np.ndarray  # (pairs x days+1) prefix sums of plays
+    cum_ms: np.ndarray  # (pairs x days+1) prefix sums of ms played
+    last_day: np.ndarray  # (pairs x snapshots) last day with a play before the snapshot
+    first_day: np.ndarray  # (pairs,) day of the first play
+    plays: dict[int, np.ndarray]  # window -> (pairs x snapshots) plays in the window
+
+    @property
+    def long_plays(self) -> np.ndarray:
+        return self.plays[LONG_WINDOW_DAYS]
+
+
+def _chunk_pairs(world: EncodedWorld, local, item, day, ms) -> _Pairs:
+    n_days, n_items = world.n_days, len(world.items)
+    key, pair_of_event = np.unique(local.astype(np.int64) * n_items + item, return_inverse=True)
+    n_pairs = len(key)
+    cum_plays = _cumulative(_daily(pair_of_event, day, n_pairs, n_days))
+    first_day = np.full(n_pairs, n_days, dtype=np.int64)
+    np.minimum.at(first_day, pair_of_event, day)
+    return _Pairs(
+        listener=(key // n_items).astype(np.int64),
+        item=(key % n_items).astype(np.int64),
+        cum_plays=cum_plays,
+        cum_ms=_cumulative(_daily(pair_of_event, day, n_pairs, n_days, weights=ms)),
+        last_day=_last_day_before(_daily(pair_of_event, day, n_pairs, n_days) > 0),
+        first_day=first_day,
+        plays={w: _window(cum_plays, w) for w in WINDOWS},
+    )
+
+
 def _build_listener_chunk(
     world: EncodedWorld,
     chunk: _Chunk,
@@ -415,61 +448,18 @@ def _build_listener_chunk(
     acc: _ItemAccumulators,
     factors: TasteFactors,
 ) -> None:
-    n_days, n_items = world.n_days, len(world.items)
     n_listeners = chunk.stop - chunk.first
     local = world.event_listener[chunk.events] - chunk.first
     item = world.event_item[chunk.events]
     day = world.event_day[chunk.events]
     ms = world.event_ms[chunk.events]
-
-    pair_key, pair_of_event = np.unique(
-        local.astype(np.int64) * n_items + item, return_inverse=True
-    )
-    pair_listener = (pair_key // n_items).astype(np.int64)
-    pair_item = (pair_key % n_items).astype(np.int64)
-    n_pairs = len(pair_key)
-    pair_plays = _cumulative(_daily(pair_of_event, day, n_pairs, n_days))
-    pair_ms = _cumulative(_daily(pair_of_event, day, n_pairs, n_days, weights=ms))
-    pair_last = _last_day_before(_daily(pair_of_event, day, n_pairs, n_days) > 0)
-    pair_first = np.full(n_pairs, n_days, dtype=np.int64)
-    np.minimum.at(pair_first, pair_of_event, day)
-    plays = {w: _window(pair_plays, w) for w in WINDOWS}
-    long_plays = plays[LONG_WINDOW_DAYS]
-
-    listener_long_plays = _daily_window_per_listener(long_plays, pair_listener, n_listeners)
-    writers.write(
-        "listener_profile",
-        _listener_profile_table(
-            world, chunk, local, item, day, ms, long_plays, pair_listener
-        ).append_column(
-            "taste_vector",
-            _vector_column(
-                _listener_taste(factors, pair_listener, pair_item, long_plays, n_listeners)[
-                    _listener_rows(world, chunk)
-                ]
-            ),
-        ),
-    )
-    writers.write(
-        "listener_item",
-        _listener_item_table(
-            world,
-            chunk,
-            pair_listener,
-            pair_item,
-            plays,
-            pair_plays,
-            pair_ms,
-            pair_last,
-            pair_first,
-            listener_long_plays,
-        ),
-    )
-    writers.write(
-        "listener_familiar",
-        _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays, pair_last),
-    )
-    _accumulate_item_counts(world, chunk, pair_listener, pair_item, plays, acc)
+    pairs = _chunk_pairs(world, local, item, day, ms)
+    taste = _listener_taste(factors, pairs, n_listeners)[_listener_rows(world, chunk)]
+    profile = _listener_profile_table(world, chunk, local, item, day, ms, pairs)
+    writers.write("listener_profile", profile.append_column("taste_vector", _vector_column(taste)))
+    writers.write("listener_item", _listener_item_table(world, chunk, pairs))
+    writers.write("listener_familiar", _listener_familiar_table(world, chunk, pairs))
+    _accumulate_item_counts(world, chunk, pairs, acc)
 
 
 def _daily_window_per_listener(pair_window: np.ndarray, pair_listener: np.ndarray, n: int):
@@ -494,8 +484,7 @@ def _listener_profile_table(
     item: np.ndarray,
     day: np.ndarray,
     ms: np.ndarray,
-    pair_long_plays: np.ndarray,
-    pair_listener: np.ndarray,
+    pairs: _Pairs,
 ) -> pa.Table:
     n_days, n_listeners = world.n_days, chunk.stop - chunk.first
     rows_l, rows_s = _listener_rows(world, chunk)
@@ -531,7 +520,7 @@ def _listener_profile_table(
         rows_l, rows_s
     ].astype(np.int64)
     distinct = _daily_window_per_listener(
-        (pair_long_plays > 0).astype(np.int64), pair_listener, n_listeners
+        (pairs.long_plays > 0).astype(np.int64), pairs.listener, n_listeners
     )
     columns["distinct_items_28d"] = distinct[rows_l, rows_s]
     daypart = world.event_daypart[chunk.events]
@@ -578,36 +567,28 @@ def _pair_rows(long_plays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(active | was_active)
 
 
-def _listener_item_table(
-    world,
-    chunk,
-    pair_listener,
-    pair_item,
-    plays,
-    pair_plays,
-    pair_ms,
-    pair_last,
-    pair_first,
-    listener_long,
-) -> pa.Table:
-    rows_p, rows_s = _pair_rows(plays[LONG_WINDOW_DAYS])
-    since_first = (rows_s + 1 - pair_first[rows_p]).astype(np.float64)
-    total = pair_plays[rows_p, rows_s + 1]
-    listener_code = pair_listener[rows_p] + chunk.first
-    long_plays = plays[LONG_WINDOW_DAYS][rows_p, rows_s]
-    last = pair_last[rows_p, rows_s]
-    total_listener = listener_long[pair_listener[rows_p], rows_s]
+def _listener_item_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> pa.Table:
+    rows_p, rows_s = _pair_rows(pairs.long_plays)
+    since_first = (rows_s + 1 - pairs.first_day[rows_p]).astype(np.float64)
+    total = pairs.cum_plays[rows_p, rows_s + 1]
+    listener_code = pairs.listener[rows_p] + chunk.first
+    long_plays = pairs.long_plays[rows_p, rows_s]
+    last = pairs.last_day[rows_p, rows_s]
+    listener_long = _daily_window_per_listener(
+        pairs.long_plays, pairs.listener, chunk.stop - chunk.first
+    )
+    total_listener = listener_long[pairs.listener[rows_p], rows_s]
     return pa.table(
         {
             "listener_id": pa.array(
                 world.listeners["listener_id"].to_numpy(dtype=str)[listener_code]
             ),
-            "item_id": pa.array(world.items["item_id"].to_numpy(dtype=str)[pair_item[rows_p]]),
+            "item_id": pa.array(world.items["item_id"].to_numpy(dtype=str)[pairs.item[rows_p]]),
             "event_timestamp": _timestamps(world, rows_s),
-            "pair_plays_7d": plays[SHORT_WINDOW_DAYS][rows_p, rows_s].astype(np.int64),
+            "pair_plays_7d": pairs.plays[SHORT_WINDOW_DAYS][rows_p, rows_s].astype(np.int64),
             "pair_plays_28d": long_plays.astype(np.int64),
             "pair_plays_total": total.astype(np.int64),
-            "pair_minutes_28d": _window(pair_ms, LONG_WINDOW_DAYS)[rows_p, rows_s] / 60_000.0,
+            "pair_minutes_28d": _window(pairs.cum_ms, LONG_WINDOW_DAYS)[rows_p, rows_s] / 60_000.0,
             "pair_days_since_last_play": (rows_s + 1 - last).astype(np.float64),
             "pair_days_since_first_play": since_first,
             "pair_plays_per_day": total / since_first,
@@ -618,7 +599,7 @@ def _listener_item_table(
     )
 
 
-def _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays, pair_last):
+def _listener_familiar_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> pa.Table:
     """Familiar items per (listener, snapshot): every item played in the last 28 days, most
     played first, then most recent. The whole list, so discovery shelves can exclude all of
     it; Shortcuts takes the head of it."""
@@ -626,14 +607,15 @@ def _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays,
     n_days = world.n_days
     row_of = np.full((chunk.stop - chunk.first, n_days), -1, np.int64)
     row_of[rows_l, rows_s] = np.arange(len(rows_l))
+    long_plays, item = pairs.long_plays, pairs.item
     p, s = np.nonzero(long_plays > 0)
-    owner = row_of[pair_listener[p], s]
+    owner = row_of[pairs.listener[p], s]
     valid = owner >= 0
     p, s, owner = p[valid], s[valid], owner[valid]
     offsets, kept = _ranked_lists(
         owner,
         np.arange(len(p)),
-        [-long_plays[p, s], -pair_last[p, s], pair_item[p]],
+        [-long_plays[p, s], -pairs.last_day[p, s], item[p]],
         len(rows_l),
         len(p),
     )
@@ -644,10 +626,10 @@ def _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays,
                 world.listeners["listener_id"].to_numpy(dtype=str)[rows_l + chunk.first]
             ),
             "event_timestamp": _timestamps(world, rows_s),
-            "familiar_items": _list_column(offsets, pa.array(item_ids[pair_item[p[kept]]])),
+            "familiar_items": _list_column(offsets, pa.array(item_ids[item[p[kept]]])),
             "familiar_content_types": _list_column(
                 offsets,
-                pa.array(world.items["content_type"].to_numpy(dtype=str)[pair_item[p[kept]]]),
+                pa.array(world.items["content_type"].to_numpy(dtype=str)[item[p[kept]]]),
             ),
             "familiar_plays_28d": _list_column(
                 offsets, pa.array(long_plays[p[kept], s[kept]].astype(np.int64))
@@ -656,8 +638,11 @@ def _listener_familiar_table(world, chunk, pair_listener, pair_item, long_plays,
     )
 
 
-def _accumulate_item_counts(world, chunk, pair_listener, pair_item, plays, acc: _ItemAccumulators):
+def _accumulate_item_counts(
+    world: EncodedWorld, chunk: _Chunk, pairs: _Pairs, acc: _ItemAccumulators
+) -> None:
     n_days, n_items = world.n_days, len(world.items)
+    plays, pair_listener, pair_item = pairs.plays, pairs.listener, pairs.item
     for w in WINDOWS:
         p, s = np.nonzero(plays[w] > 0)
         acc.listeners_by_window[w] += np.bincount(

@@ -14,6 +14,7 @@ import pandas as pd
 
 from evaluation.metrics import catalog_coverage, ndcg_at_k, paired_bootstrap_ci, summarize
 from training.candidates import in_audience
+from training.features import NEW_LISTENER_DAYS
 from training.rankers import load_ranker
 from training.schema import WorldPaths, read_world_meta
 from training.settings import Settings
@@ -23,8 +24,6 @@ from training.training_sets import load_training_set
 
 logger = logging.getLogger(__name__)
 
-NEW_LISTENER_DAYS = 30
-"""Listeners whose account is at most this many days old count as new in slices."""
 KS = (5, 10)
 PRIMARY_K = 10
 MIN_SLICE_GROUPS = 20
@@ -55,7 +54,7 @@ def system_metrics(frame: pd.DataFrame, score: np.ndarray, catalog_size: int) ->
     metrics[f"coverage@{PRIMARY_K}"] = catalog_coverage(
         group, frame["item_id"].to_numpy(), score, PRIMARY_K, catalog_size
     )
-    return {name: float(value) for name, value in metrics.items()}
+    return {name: (int(v) if name == "n_groups" else float(v)) for name, v in metrics.items()}
 
 
 def slice_labels(frame: pd.DataFrame) -> dict[str, pd.Series]:

@@ -135,7 +135,7 @@ item_neighbours = FeatureView(
     source=snapshot_source("item_neighbours"),
 )
 
-# Candidate input: items most listened to in a segment over 7 days, per content type.
+# Candidate input: items most listened to in a segment (7 days; by new listeners: 28 days).
 segment_popular = FeatureView(
     name="segment_popular",
     entities=[segment],
@@ -146,6 +146,8 @@ segment_popular = FeatureView(
         for field in (
             Field(name=f"popular_{content_type}", dtype=Array(String)),
             Field(name=f"popular_{content_type}_listeners_7d", dtype=Array(Int64)),
+            Field(name=f"popular_new_{content_type}", dtype=Array(String)),
+            Field(name=f"popular_new_{content_type}_listeners_28d", dtype=Array(Int64)),
         )
     ],
     source=snapshot_source("segment_popular"),

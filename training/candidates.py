@@ -103,8 +103,12 @@ def read_candidate_inputs(
         ignore_index=True,
     ).dropna(subset=["segment_id"])
     popular_features = [
-        f"segment_popular:popular_{t}{suffix}" for t in types for suffix in ("", "_listeners_7d")
+        f"segment_popular:{prefix}_{t}{suffix}"
+        for _, prefix, count in POPULAR_LISTS.values()
+        for t in types
+        for suffix in ("", f"_{count}")
     ]
+    popular_features = list(dict.fromkeys(popular_features))
     popular = reader.read(popular_features, segments[["segment_id", *extra]])
     popular = pd.concat(
         [
@@ -189,13 +193,23 @@ def _neighbour_candidates(shelf: Shelf, source: NeighbourSource, inputs: Candida
     return scored[["group", "item_id", "rank", "reason", "cand_neighbour_score"]]
 
 
+POPULAR_LISTS: dict[str, tuple[str, str, str]] = {
+    "market": ("market", "popular", "listeners_7d"),
+    "market_age": ("market_age", "popular", "listeners_7d"),
+    "market_age_new": ("market_age", "popular_new", "listeners_28d"),
+}
+"""Popular source segment -> (segment rows it reads, list prefix, count suffix) in
+segment_popular."""
+
+
 def _popular_candidates(shelf: Shelf, source: PopularSource, inputs: CandidateInputs):
-    lists = inputs.popular[inputs.popular["segment"] == source.segment]
+    rows_of, prefix, count = POPULAR_LISTS[source.segment]
+    lists = inputs.popular[inputs.popular["segment"] == rows_of]
     parts = [
         _explode(
-            lists[["group", "market", "age_bucket", f"popular_{t}", f"popular_{t}_listeners_7d"]],
-            [f"popular_{t}", f"popular_{t}_listeners_7d"],
-        ).rename(columns={f"popular_{t}": "item_id", f"popular_{t}_listeners_7d": "listeners"})
+            lists[["group", "market", "age_bucket", f"{prefix}_{t}", f"{prefix}_{t}_{count}"]],
+            [f"{prefix}_{t}", f"{prefix}_{t}_{count}"],
+        ).rename(columns={f"{prefix}_{t}": "item_id", f"{prefix}_{t}_{count}": "listeners"})
         for t in shelf.content_types
     ]
     rows = pd.concat(parts, ignore_index=True)
@@ -203,14 +217,21 @@ def _popular_candidates(shelf: Shelf, source: PopularSource, inputs: CandidateIn
     rows = rows.sort_values(["group", "listeners", "item_id"], ascending=[True, False, True])
     rows["rank"] = rows.groupby("group").cumcount()
     where = rows["market"].astype(str)
-    if source.segment == "market_age":
-        rows["reason"] = "popular with " + rows["age_bucket"].astype(str) + " listeners in " + where
-    else:
-        rows["reason"] = "popular in " + where
-    prefix = f"cand_popular_{source.segment}"
-    rows[f"{prefix}_rank"] = rows["rank"].astype(float)
-    rows[f"{prefix}_listeners_7d"] = rows["listeners"]
-    return rows[["group", "item_id", "rank", "reason", f"{prefix}_rank", f"{prefix}_listeners_7d"]]
+    age = rows["age_bucket"].astype(str)
+    rows["reason"] = {
+        "market": "popular in " + where,
+        "market_age": "popular with " + age + " listeners in " + where,
+        "market_age_new": "what new " + age + " listeners in " + where + " play",
+    }[source.segment]
+    rank_name, listeners_name = _popular_feature_names(source)
+    rows[rank_name] = rows["rank"].astype(float)
+    rows[listeners_name] = rows["listeners"]
+    return rows[["group", "item_id", "rank", "reason", rank_name, listeners_name]]
+
+
+def _popular_feature_names(source: PopularSource) -> tuple[str, str]:
+    _, _, count = POPULAR_LISTS[source.segment]
+    return f"cand_popular_{source.segment}_rank", f"cand_popular_{source.segment}_{count}"
 
 
 def _editorial_candidates(shelf: Shelf, source: EditorialSource, inputs: CandidateInputs):
@@ -246,10 +267,7 @@ def candidate_feature_names(shelf: Shelf) -> list[str]:
         elif isinstance(source, NeighbourSource):
             new = ["cand_neighbour_score"]
         elif isinstance(source, PopularSource):
-            new = [
-                f"cand_popular_{source.segment}_rank",
-                f"cand_popular_{source.segment}_listeners_7d",
-            ]
+            new = list(_popular_feature_names(source))
         else:
             new = ["cand_editorial_rank"]
         names += [name for name in new if name not in names]

@@ -69,6 +69,8 @@ MAX_COLISTEN_LISTENERS = 100_000
 POPULAR_PER_TYPE = 50
 EDITORIAL_PER_TYPE = 50
 ALL_AGES = "all"
+NEW_LISTENER_DAYS = 30
+"""Listeners whose account is at most this many days old are new (cold start)."""
 CELLS_PER_CHUNK = 40_000_000
 """Upper bound on (pairs x days) cells of one listener chunk's dense arrays."""
 
@@ -385,6 +387,7 @@ class _ItemAccumulators:
 
     listeners_by_window: dict[int, np.ndarray]  # window -> (items x snapshots) unique listeners
     segment_listeners: np.ndarray  # (snapshots x segments x items) unique listeners, short window
+    segment_new_listeners: np.ndarray  # the same for new listeners, long window
     colisten_pairs: list[np.ndarray]  # (listener, item, snapshot index) active in long window
     segments: pd.Index
 
@@ -396,6 +399,9 @@ class _ItemAccumulators:
         return cls(
             listeners_by_window={w: np.zeros(shape, np.int64) for w in WINDOWS},
             segment_listeners=np.zeros((world.n_days, len(segments), len(world.items)), np.int32),
+            segment_new_listeners=np.zeros(
+                (world.n_days, len(segments), len(world.items)), np.int32
+            ),
             colisten_pairs=[],
             segments=segments,
         )
@@ -655,6 +661,14 @@ def _accumulate_item_counts(
         np.add.at(
             acc.segment_listeners, (s, segment_of_listener[pair_listener[p]], pair_item[p]), 1
         )
+    signup = world.listeners["signup_day"].to_numpy()[chunk.first : chunk.stop]
+    p, s = np.nonzero(plays[LONG_WINDOW_DAYS] > 0)
+    new = s + 1 - signup[pair_listener[p]] <= NEW_LISTENER_DAYS
+    p, s = p[new], s[new]
+    for segment_of_listener in (own, market):
+        np.add.at(
+            acc.segment_new_listeners, (s, segment_of_listener[pair_listener[p]], pair_item[p]), 1
+        )
     sampled = _colisten_sample(pair_listener + chunk.first, len(world.listeners))
     p, s = np.nonzero((plays[LONG_WINDOW_DAYS] > 0) & sampled[:, None])
     keep = np.isin(s, _neighbour_snapshots(n_days))
@@ -724,30 +738,38 @@ def _item_stats_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:
 
 
 def _segment_popular_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:
-    """Per (segment, snapshot): items ranked by unique listeners in the last 7 days, per type."""
+    """Per (segment, snapshot) and content type: items ranked by unique listeners in the
+    last 7 days (``popular_<type>``), and by unique new listeners (account at most
+    ``NEW_LISTENER_DAYS`` old) in the last 28 days (``popular_new_<type>``): what people
+    who just joined pick up."""
     n_segments = len(acc.segments)
-    s, segment, item = np.nonzero(acc.segment_listeners)
-    owner = s * n_segments + segment
-    count = acc.segment_listeners[s, segment, item]
-    n_owners = world.n_days * n_segments
     columns: dict[str, pa.Array] = {
         "segment_id": pa.array(np.tile(acc.segments.to_numpy(dtype=str), world.n_days)),
         "event_timestamp": _timestamps(world, np.repeat(np.arange(world.n_days), n_segments)),
     }
     item_ids = world.items["item_id"].to_numpy(dtype=str)
-    for type_code, content_type in enumerate(CONTENT_TYPES):
-        mask = world.item_type[item] == type_code
-        offsets, kept = _ranked_lists(
-            owner[mask],
-            np.flatnonzero(mask),
-            [-count[mask], item[mask]],
-            n_owners,
-            POPULAR_PER_TYPE,
-        )
-        columns[f"popular_{content_type}"] = _list_column(offsets, pa.array(item_ids[item[kept]]))
-        columns[f"popular_{content_type}_listeners_7d"] = _list_column(
-            offsets, pa.array(count[kept].astype(np.int64))
-        )
+    for prefix, counts, suffix in (
+        ("popular", acc.segment_listeners, "listeners_7d"),
+        ("popular_new", acc.segment_new_listeners, "listeners_28d"),
+    ):
+        s, segment, item = np.nonzero(counts)
+        owner = s * n_segments + segment
+        count = counts[s, segment, item]
+        for type_code, content_type in enumerate(CONTENT_TYPES):
+            mask = world.item_type[item] == type_code
+            offsets, kept = _ranked_lists(
+                owner[mask],
+                np.flatnonzero(mask),
+                [-count[mask], item[mask]],
+                world.n_days * n_segments,
+                POPULAR_PER_TYPE,
+            )
+            columns[f"{prefix}_{content_type}"] = _list_column(
+                offsets, pa.array(item_ids[item[kept]])
+            )
+            columns[f"{prefix}_{content_type}_{suffix}"] = _list_column(
+                offsets, pa.array(count[kept].astype(np.int64))
+            )
     return pa.table(columns)
 
 

@@ -31,10 +31,11 @@ class NeighbourSource(_Strict):
 
 
 class PopularSource(_Strict):
-    """Most listened items in the listener's market, or market and age bucket."""
+    """Most listened items in the listener's market, in their market and age bucket, or
+    among new listeners of their market and age bucket (``market_age_new``)."""
 
     kind: Literal["popular"]
-    segment: Literal["market", "market_age"]
+    segment: Literal["market", "market_age", "market_age_new"]
     limit: int = Field(gt=0)
 
 

@@ -145,6 +145,18 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+) -> None:
+    """Serve the Home ranker API (FastAPI) on the online store and trained models."""
+    from serving.app import serve as run_server
+
+    run_server(_settings(ctx), host=host, port=port)
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
     listeners: Listeners = DEFAULT_LISTENERS,

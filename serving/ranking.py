@@ -1,0 +1,398 @@
+"""Serving a Home page: stage 1 and stage 2 on Feast online features, one shelf at a time.
+
+Serving runs the code training runs: candidates come from ``read_candidate_inputs`` +
+``generate_candidates`` on an ``OnlineReader`` (training uses an ``OfflineReader``), and
+model features from the shelf's FeatureService. The one serving-only step is
+:class:`ListenerFallbackReader`, which supplies a market and age bucket for listeners the
+store has no profile of, so a new or unknown listener gets a cold-start page of popular
+and editorial cards instead of an empty one.
+
+Failures degrade one shelf, never the page: a shelf without a loadable model, or whose
+model cannot score (feature read error, contract mismatch), is ranked by its heuristic
+on the data at hand and marked ``degraded``; a shelf whose candidates cannot be read has
+no cards and is marked ``degraded``.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from feast import FeatureService, FeatureStore
+
+from training.candidates import (
+    LISTENER_FEATURES,
+    FeatureReader,
+    candidate_feature_names,
+    generate_candidates,
+    in_audience,
+    read_candidate_inputs,
+)
+from training.feature_store import FeatureSelection, OnlineReader, open_store
+from training.rankers import (
+    CONTRACT_FILE,
+    HeuristicRanker,
+    ModelIntegrityError,
+    ShelfRanker,
+    load_ranker,
+)
+from training.schema import WorldPaths
+from training.settings import Settings
+from training.shelves import Shelf, load_shelves
+from training.train import baseline_ranker, model_dir
+from training.training_sets import model_feature_names
+
+logger = logging.getLogger(__name__)
+
+HEURISTIC = "heuristic"
+"""The ``model`` label of a shelf ranked by its pre-ML heuristic."""
+SHA_PREFIX = 12
+"""Hex digits of a model's sha256 shown as its ``model`` label."""
+STAGE1_VIEWS = {reference.split(":")[0] for reference in LISTENER_FEATURES} | {
+    "item_neighbours",
+    "segment_popular",
+    "market_editorial",
+}
+"""Feature views stage 1 reads (``read_candidate_inputs``): serving is not ready without."""
+REQUEST_SOURCE = "request"
+"""``source`` of a /v1/rank item that stage 1 did not propose for the listener."""
+
+
+# --------------------------------------------------------------------------- cold start
+
+
+@dataclass(frozen=True)
+class ListenerDefaults:
+    """Market and age bucket assumed for a listener the online store has no profile of."""
+
+    market: str | None
+    age_bucket: str | None
+
+
+def listener_defaults(settings: Settings) -> ListenerDefaults:
+    """The most common market of the world's listeners, and the most common age bucket in
+    that market (so the market-and-age popular segment exists). No listeners table: no
+    defaults (cold-start pages then stay empty, still without error)."""
+    path = WorldPaths(settings.world_dir).listeners
+    try:
+        listeners = pd.read_parquet(path, columns=["market", "age_bucket"]).dropna()
+    except (OSError, ValueError) as error:
+        logger.warning("no listener defaults (%s): cold-start pages will be empty", error)
+        return ListenerDefaults(None, None)
+    if listeners.empty:
+        return ListenerDefaults(None, None)
+    market = str(listeners["market"].value_counts().index[0])
+    in_market = listeners.loc[listeners["market"] == market, "age_bucket"]
+    return ListenerDefaults(market, str(in_market.value_counts().index[0]))
+
+
+class ListenerFallbackReader:
+    """A stage-1 ``FeatureReader`` that fills a missing ``listener_profile`` market and age
+    bucket with given values; every other read passes through unchanged.
+
+    Feast has no profile for a brand-new or unknown listener, so stage 1 would find no
+    segment (popular) or market (editorial) to read. ``filled`` tells whether it had to.
+    """
+
+    _FILLED = {"listener_profile:market": "market", "listener_profile:age_bucket": "age_bucket"}
+
+    def __init__(self, reader: FeatureReader, market: str | None, age_bucket: str | None):
+        self.reader = reader
+        self.values = {"market": market, "age_bucket": age_bucket}
+        self.filled = False
+
+    def read(self, features: FeatureSelection, entities: pd.DataFrame) -> pd.DataFrame:
+        frame = self.reader.read(features, entities)
+        if isinstance(features, FeatureService):
+            return frame
+        for reference, column in self._FILLED.items():
+            value = self.values[column]
+            if reference not in features or value is None:
+                continue
+            missing = frame[column].isna()
+            if missing.any():
+                frame[column] = frame[column].astype(object).where(~missing, value)
+                self.filled = True
+        return frame
+
+
+# --------------------------------------------------------------------------- shelf models
+
+
+@dataclass(frozen=True)
+class ShelfModel:
+    """What ranks one shelf: its trained model or, degraded, its heuristic."""
+
+    shelf: Shelf
+    ranker: ShelfRanker | HeuristicRanker
+    model: str  # sha256 prefix, or HEURISTIC
+    degraded: bool
+    problem: str | None = None
+
+
+def _heuristic(shelf: Shelf, problem: str) -> ShelfModel:
+    logger.warning("shelf %s serves its heuristic: %s", shelf.name, problem)
+    return ShelfModel(shelf, baseline_ranker(shelf), HEURISTIC, True, problem)
+
+
+def load_shelf_model(settings: Settings, store: FeatureStore, shelf: Shelf) -> ShelfModel:
+    """The shelf's saved model, verified by ``load_ranker`` and checked against the shelf's
+    FeatureService; anything missing or inconsistent gives the heuristic, degraded."""
+    directory = model_dir(settings, shelf.name)
+    try:
+        ranker, metadata = load_ranker(directory)
+        sha256 = json.loads((directory / CONTRACT_FILE).read_text())["sha256"]
+    except (ModelIntegrityError, OSError, ValueError, KeyError) as error:
+        return _heuristic(shelf, f"no usable model in {directory}: {error}")
+    trained_on = metadata.get("feature_service")
+    if trained_on not in (None, shelf.feature_service):
+        return _heuristic(
+            shelf,
+            f"model was trained on FeatureService {trained_on!r}, the shelf declares "
+            f"{shelf.feature_service!r}",
+        )
+    try:
+        available = set(model_feature_names(store, shelf))
+    except Exception as error:  # registry errors are Feast-specific; any one degrades
+        return _heuristic(shelf, f"FeatureService {shelf.feature_service!r}: {error}")
+    missing = [name for name in ranker.feature_names_ if name not in available]
+    if missing:
+        return _heuristic(shelf, f"model needs features its FeatureService lacks: {missing}")
+    logger.info("shelf %s serves model %s", shelf.name, sha256[:SHA_PREFIX])
+    return ShelfModel(shelf, ranker, sha256[:SHA_PREFIX], False)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Card:
+    item_id: str
+    content_type: str | None
+    score: float
+    source: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RankedShelf:
+    shelf: str
+    title: str
+    model: str
+    degraded: bool
+    cards: list[Card]
+
+
+@dataclass(frozen=True)
+class Page:
+    listener_id: str
+    cold_start: bool
+    shelves: list[RankedShelf]
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def heuristic_scores(shelf: Shelf, rows: pd.DataFrame) -> np.ndarray:
+    """The shelf's heuristic on whatever columns ``rows`` has (a missing one counts as 0)."""
+    weights = shelf.baseline.weights
+    present = rows.assign(**{name: np.nan for name in weights if name not in rows.columns})
+    try:
+        return baseline_ranker(shelf).predict(present)
+    except ValueError:
+        logger.exception("shelf %s: heuristic failed; candidates keep stage-1 order", shelf.name)
+        return np.zeros(len(rows))
+
+
+# --------------------------------------------------------------------------- the ranker
+
+
+class HomeRanker:
+    """The loaded serving state: store, shelves, one ShelfModel per shelf, defaults."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        shelves: list[Shelf],
+        models: dict[str, ShelfModel],
+        defaults: ListenerDefaults,
+    ) -> None:
+        self.store = store
+        self.shelves = shelves
+        self.models = models
+        self.defaults = defaults
+        self.services: dict[str, FeatureService] = {}
+        for shelf in shelves:
+            try:
+                self.services[shelf.name] = store.get_feature_service(shelf.feature_service)
+            except Exception as error:  # its reads will fail and degrade the shelf
+                logger.warning("shelf %s: FeatureService unavailable: %s", shelf.name, error)
+
+    @classmethod
+    def load(cls, settings: Settings) -> "HomeRanker":
+        """Open the store, check its registry, load the shelves and their models."""
+        registry = settings.feast_dir / "registry.db"
+        if not registry.is_file():
+            raise FileNotFoundError(
+                f"no Feast registry at {registry}: run `homerec features apply` and "
+                "`homerec features materialize` first"
+            )
+        store = open_store(settings)
+        missing = sorted(STAGE1_VIEWS - {view.name for view in store.list_feature_views()})
+        if missing:
+            raise LookupError(f"feature views {missing} are not in the registry at {registry}")
+        shelves = load_shelves(settings.shelves_file)
+        models = {shelf.name: load_shelf_model(settings, store, shelf) for shelf in shelves}
+        return cls(store, shelves, models, listener_defaults(settings))
+
+    # ---------------------------------------------------------------- stage 1
+
+    def _stage1_reader(self, market: str | None, age_bucket: str | None):
+        return ListenerFallbackReader(
+            OnlineReader(self.store),
+            market or self.defaults.market,
+            age_bucket or self.defaults.age_bucket,
+        )
+
+    # ---------------------------------------------------------------- stage 2
+
+    def _scored(
+        self, shelf_model: ShelfModel, listener_id: str, rows: pd.DataFrame
+    ) -> tuple[pd.DataFrame, str, bool]:
+        """``rows`` (item_id, source, reason, candidate features) with model features,
+        ``content_type`` and ``score`` added, best first (ties keep stage-1 order); with the
+        model label that scored them and whether the shelf is degraded."""
+        shelf = shelf_model.shelf
+        model, degraded = shelf_model.model, shelf_model.degraded
+        frame = rows.reset_index(drop=True).assign(listener_id=listener_id)
+        if frame.empty:  # nothing to read or score: the shelf simply has no cards
+            return frame.assign(score=pd.Series(dtype=float), content_type=None), model, degraded
+        features_ok = True
+        try:
+            features = OnlineReader(self.store).read(
+                self.services[shelf.name], frame[["listener_id", "item_id"]]
+            )
+            frame = pd.concat(
+                [frame, features.drop(columns=[c for c in features if c in frame])], axis=1
+            )
+        except Exception:
+            logger.exception("shelf %s: model feature read failed", shelf.name)
+            features_ok = False
+        scores = None
+        if isinstance(shelf_model.ranker, ShelfRanker) and features_ok:
+            try:
+                scores = shelf_model.ranker.predict(frame)
+            except Exception:
+                logger.exception("shelf %s: model could not score", shelf.name)
+        if scores is None:
+            scores = heuristic_scores(shelf, frame)
+            model, degraded = HEURISTIC, True
+        frame["score"] = np.asarray(scores, dtype=np.float64)
+        if "content_type" not in frame:
+            frame["content_type"] = None
+        order = np.argsort(-frame["score"].to_numpy(), kind="stable")
+        return frame.iloc[order].reset_index(drop=True), model, degraded
+
+    @staticmethod
+    def _cards(
+        frame: pd.DataFrame, k: int | None, skip: set[str] | frozenset[str] = frozenset()
+    ) -> list[Card]:
+        cards: list[Card] = []
+        for row in frame[["item_id", "content_type", "score", "source", "reason"]].itertuples():
+            if row.item_id in skip:
+                continue
+            if k is not None and len(cards) >= k:
+                break
+            cards.append(
+                Card(
+                    item_id=str(row.item_id),
+                    content_type=_optional_str(row.content_type),
+                    score=float(row.score),
+                    source=str(row.source),
+                    reason=_optional_str(row.reason),
+                )
+            )
+        return cards
+
+    # ---------------------------------------------------------------- endpoints
+
+    def home(
+        self,
+        listener_id: str,
+        k: int | None = None,
+        market: str | None = None,
+        age_bucket: str | None = None,
+    ) -> Page:
+        """The listener's Home page: every shelf whose audience includes them, in
+        declaration order, each with its top ``k`` (default ``shelf.k``) candidates by
+        model score; an item already on an earlier shelf is skipped on later ones."""
+        requests = pd.DataFrame({"group": [0], "listener_id": [listener_id]})
+        reader = self._stage1_reader(market, age_bucket)
+        try:
+            inputs = read_candidate_inputs(reader, requests, self.shelves)
+            account_age = inputs.listeners["account_age_days"]
+        except Exception:
+            logger.exception("stage 1 read failed for listener %s", listener_id)
+            inputs, account_age = None, pd.Series([np.nan])
+        shelves: list[RankedShelf] = []
+        shown: set[str] = set()
+        for shelf in self.shelves:
+            if not in_audience(shelf, account_age)[0]:
+                continue
+            shelf_model = self.models[shelf.name]
+            model, degraded, cards = shelf_model.model, True, []
+            if inputs is not None:
+                try:
+                    candidates = generate_candidates(shelf, inputs)
+                except Exception:
+                    logger.exception("shelf %s: candidate generation failed", shelf.name)
+                else:
+                    frame, model, degraded = self._scored(shelf_model, listener_id, candidates)
+                    cards = self._cards(frame, k or shelf.k, skip=shown)
+            shown.update(card.item_id for card in cards)
+            shelves.append(RankedShelf(shelf.name, shelf.title, model, degraded, cards))
+        return Page(listener_id, reader.filled, shelves)
+
+    def rank(
+        self,
+        listener_id: str,
+        shelf_name: str,
+        item_ids: list[str],
+        k: int | None = None,
+        market: str | None = None,
+        age_bucket: str | None = None,
+    ) -> RankedShelf:
+        """``item_ids`` (duplicates dropped) ranked for the listener by the shelf's model.
+
+        Candidate features come from stage 1 itself: the shelf's candidates are generated
+        for the listener and merged in, so an item stage 1 proposes is scored exactly as on
+        the Home page (same source, reason and signals); any other item has missing
+        candidate signals (NaN, as in training for signals a source did not give) and
+        source ``"request"``. A stage-1 failure leaves all signals missing, degraded.
+        """
+        shelf_model = self.models[shelf_name]
+        shelf = shelf_model.shelf
+        items = pd.DataFrame({"item_id": list(dict.fromkeys(item_ids))})
+        requests = pd.DataFrame({"group": [0], "listener_id": [listener_id]})
+        stage1_ok = True
+        try:
+            inputs = read_candidate_inputs(
+                self._stage1_reader(market, age_bucket), requests, [shelf]
+            )
+            candidates = generate_candidates(shelf, inputs).drop(columns="group")
+            rows = items.merge(candidates, on="item_id", how="left")
+        except Exception:
+            logger.exception("shelf %s: stage 1 failed for /v1/rank", shelf.name)
+            stage1_ok = False
+            rows = items.assign(source=None, reason=None)
+        for name in candidate_feature_names(shelf):
+            if name not in rows:
+                rows[name] = np.nan
+        rows["source"] = rows["source"].astype(object).where(rows["source"].notna(), REQUEST_SOURCE)
+        frame, model, degraded = self._scored(shelf_model, listener_id, rows)
+        return RankedShelf(
+            shelf.name, shelf.title, model, degraded or not stage1_ok, self._cards(frame, k)
+        )

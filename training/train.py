@@ -17,7 +17,7 @@ from feast import FeatureStore
 
 from evaluation.metrics import ndcg_at_k
 from training.feature_store import open_store, world_window
-from training.rankers import HeuristicRanker, ShelfRanker, save_ranker
+from training.rankers import HeuristicRanker, Ranker, ShelfRanker, save_ranker
 from training.settings import Settings
 from training.shelves import Shelf, load_shelves
 from training.training_sets import (
@@ -53,7 +53,7 @@ def fit_ranker(training_set: TrainingSet, seed: int = 0) -> ShelfRanker:
     return ranker.fit(*_xy(training_set.rows["train"]), eval_set=_xy(training_set.rows["valid"]))
 
 
-def validation_ndcg(ranker, frame: pd.DataFrame, k: int) -> float:
+def validation_ndcg(ranker: Ranker, frame: pd.DataFrame, k: int) -> float:
     return float(ndcg_at_k(frame["group"], frame["label"], ranker.predict(frame), k).mean())
 
 

@@ -39,6 +39,7 @@ from training.training_sets import (
     label_rows,
     load_training_set,
     model_feature_names,
+    snapshot_requests,
     time_split,
 )
 from training.world_import import import_world
@@ -541,3 +542,25 @@ def test_user_added_shelf_trains_and_evaluates_with_no_code_change(
     albums = report["shelves"]["more_albums"]
     for system in ("model", "baseline", "oracle"):
         assert math.isfinite(albums[system]["ndcg@10"]) and albums[system]["n_groups"] > 0
+
+
+def test_snapshot_requests_sample_large_snapshots_reproducibly():
+    """Above max_per_snapshot a seeded sample is drawn per snapshot; listeners who had not
+    signed up yet are never requests, and smaller snapshots keep every listener."""
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    listeners = pd.DataFrame(
+        {
+            "listener_id": [f"L{i:03d}" for i in range(100)],
+            "signup_at": [start - pd.Timedelta(days=1)] * 90 + [start + pd.Timedelta(days=5)] * 10,
+        }
+    )
+    snapshots = [start + pd.Timedelta(days=1), start + pd.Timedelta(days=10)]
+    sampled = snapshot_requests(listeners, snapshots, max_per_snapshot=30, seed=3)
+    assert sampled.groupby("event_timestamp").size().tolist() == [30, 30]
+    first = sampled[sampled.event_timestamp == snapshots[0]]
+    assert set(first.listener_id) <= {f"L{i:03d}" for i in range(90)}
+    assert sampled.group.is_unique
+    again = snapshot_requests(listeners, snapshots, max_per_snapshot=30, seed=3)
+    pd.testing.assert_frame_equal(sampled, again)
+    everyone = snapshot_requests(listeners, snapshots, max_per_snapshot=500)
+    assert everyone.groupby("event_timestamp").size().tolist() == [90, 100]

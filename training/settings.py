@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     """Daily snapshots of the validation window (early stopping)."""
     test_days: int = 7
     """Daily snapshots of the held-out test window (evaluation)."""
+    max_requests_per_snapshot: int = 5000
+    """Listeners sampled per snapshot into training sets (all of them when fewer)."""
 
     @property
     def world_dir(self) -> Path:

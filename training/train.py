@@ -71,7 +71,9 @@ def train_shelf(settings: Settings, store: FeatureStore, shelf: Shelf) -> Traine
     start, end = world_window(settings)
     split = time_split(pd.Timestamp(start), pd.Timestamp(end), shelf.label.horizon_days, settings)
     started = time.perf_counter()
-    training_set = build_training_set(store, shelf, settings.world_dir, split)
+    training_set = build_training_set(
+        store, shelf, settings.world_dir, split, settings.max_requests_per_snapshot
+    )
     save_training_set(training_set, training_set_dir(settings, shelf.name))
     built = time.perf_counter()
     ranker = fit_ranker(training_set)

@@ -80,17 +80,22 @@ def _days_ending(last: pd.Timestamp, days: int) -> list[pd.Timestamp]:
     return [last - i * DAY for i in reversed(range(days))]
 
 
-def snapshot_requests(listeners: pd.DataFrame, snapshots: list[pd.Timestamp]) -> pd.DataFrame:
-    """One request (group) per listener signed up before each snapshot."""
-    frames = [
-        pd.DataFrame(
-            {
-                "listener_id": listeners.loc[listeners["signup_at"] < t, "listener_id"].to_numpy(),
-                "event_timestamp": t,
-            }
-        )
-        for t in snapshots
-    ]
+def snapshot_requests(
+    listeners: pd.DataFrame,
+    snapshots: list[pd.Timestamp],
+    max_per_snapshot: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One request (group) per listener signed up before each snapshot; where there are
+    more than ``max_per_snapshot``, a seeded random sample of that many (bounds the size
+    of training sets on large worlds)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for t in snapshots:
+        ids = listeners.loc[listeners["signup_at"] < t, "listener_id"].to_numpy()
+        if max_per_snapshot is not None and len(ids) > max_per_snapshot:
+            ids = np.sort(rng.choice(ids, size=max_per_snapshot, replace=False))
+        frames.append(pd.DataFrame({"listener_id": ids, "event_timestamp": t}))
     requests = pd.concat(frames, ignore_index=True)
     requests.insert(0, "group", np.arange(len(requests)))
     return requests
@@ -184,7 +189,11 @@ def _snapshot_batches(requests: pd.DataFrame) -> list[pd.DataFrame]:
 
 
 def build_training_set(
-    store: FeatureStore, shelf: Shelf, world_dir: Path, split: TimeSplit
+    store: FeatureStore,
+    shelf: Shelf,
+    world_dir: Path,
+    split: TimeSplit,
+    max_requests_per_snapshot: int | None = None,
 ) -> TrainingSet:
     """Rows of every window of ``split`` for ``shelf``; scalar features only are kept."""
     paths = WorldPaths(world_dir)
@@ -196,7 +205,7 @@ def build_training_set(
     rows: dict[str, pd.DataFrame] = {}
     columns = [*REQUEST_COLUMNS, "item_id", "source", "reason", *names, "label"]
     for window in ("train", "valid", "test"):
-        requests = snapshot_requests(listeners, getattr(split, window))
+        requests = snapshot_requests(listeners, getattr(split, window), max_requests_per_snapshot)
         batches = [
             build_rows(store, shelf, batch, events)[columns]
             for batch in tqdm(

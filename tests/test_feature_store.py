@@ -1,14 +1,17 @@
 """Feast on real stores: point-in-time correctness offline, and online values equal to offline."""
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import project_settings
+from tests.conftest import SMALL_WORLD, project_settings
 from training.feature_store import apply_definitions, materialize, open_store, world_window
+from training.features import build_features
 from training.settings import Settings
+from training.world import generate_world
 
 PROFILE_FIELDS = ["plays_7d_show", "plays_28d_album", "days_since_last_play", "minutes_28d"]
 PAIR_FIELDS = ["pair_plays_28d", "pair_plays_total", "pair_days_since_last_play"]
@@ -156,4 +159,20 @@ def test_redis_online_store_serves_the_offline_values(small_world_store, redis_s
     shutil.copytree(small_world_store.features_dir, settings.features_dir)
     apply_definitions(settings)
     materialize(settings)
+    assert_online_equals_offline(settings)
+
+
+def test_rebuilt_tables_are_reloaded_whole(small_world_store: Settings, tmp_path):
+    """After a new world replaces the tables over the same window, an incremental
+    materialize has nothing new to load (the online store keeps the old world), while
+    the full reload the pipeline does serves the new values."""
+    settings = project_settings(tmp_path / "data")
+    shutil.copytree(small_world_store.data_dir, settings.data_dir)
+    generate_world(replace(SMALL_WORLD, seed=SMALL_WORLD.seed + 1), settings.world_dir)
+    build_features(settings.world_dir, settings.features_dir)
+    apply_definitions(settings)
+    materialize(settings)
+    with pytest.raises(AssertionError):
+        assert_online_equals_offline(settings)
+    materialize(settings, incremental=False)
     assert_online_equals_offline(settings)

@@ -111,17 +111,20 @@ def world_window(settings: Settings) -> tuple[datetime, datetime]:
     return start.to_pydatetime(), pd.Timestamp(meta["end"]).tz_convert("UTC").to_pydatetime()
 
 
-def materialize(settings: Settings, end: datetime | None = None) -> datetime:
+def materialize(
+    settings: Settings, end: datetime | None = None, incremental: bool = True
+) -> datetime:
     """Load the online store with the latest feature values up to ``end`` (default: world end).
 
-    The first run materializes the whole world window; later runs continue incrementally
-    from where the previous one ended, as ``feast materialize-incremental`` does.
+    Incremental (the default) continues from where the previous run ended, as ``feast
+    materialize-incremental`` does; the first run, or ``incremental=False`` (after the
+    tables were rebuilt), loads the whole world window.
     """
     store = open_store(settings)
     start, world_end = world_window(settings)
     end = end or world_end
     views = store.list_feature_views()
-    if all(view.most_recent_end_time is not None for view in views):
+    if incremental and all(view.most_recent_end_time is not None for view in views):
         store.materialize_incremental(end_date=end)
     else:
         store.materialize(start_date=start, end_date=end)

@@ -31,11 +31,12 @@ class StepTimer:
 
 
 def prepare_features(settings: Settings, timer: StepTimer | None = None) -> dict[str, int]:
-    """Build the snapshot tables from the world, apply feature_repo/ and materialize."""
+    """Build the snapshot tables from the world, apply feature_repo/ and materialize the
+    whole world window (the tables were just rebuilt, so nothing earlier can be kept)."""
     timer = timer or StepTimer()
     rows = timer.run("features build", build_features, settings.world_dir, settings.features_dir)
     timer.run("feast apply", apply_definitions, settings)
-    timer.run("feast materialize", materialize, settings)
+    timer.run("feast materialize", materialize, settings, incremental=False)
     return rows
 
 

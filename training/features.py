@@ -211,6 +211,25 @@ def _ranked_lists(
     return offsets, value
 
 
+def _top_per_type(
+    world: EncodedWorld,
+    owner: np.ndarray,
+    item: np.ndarray,
+    rank_key: np.ndarray,
+    n_owners: int,
+    limit: int,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """For each content type: (type, offsets, kept) of an arrow list per owner holding that
+    type's items, smallest ``rank_key`` first (ties by item code), at most ``limit``;
+    ``kept`` indexes the input rows."""
+    for type_code, content_type in enumerate(CONTENT_TYPES):
+        mask = world.item_type[item] == type_code
+        offsets, kept = _ranked_lists(
+            owner[mask], np.flatnonzero(mask), [rank_key[mask], item[mask]], n_owners, limit
+        )
+        yield content_type, offsets, kept
+
+
 def _list_column(offsets: np.ndarray, values: pa.Array | pa.ChunkedArray) -> pa.ListArray:
     if isinstance(values, pa.ChunkedArray):  # pa.array splits large string arrays
         values = values.combine_chunks()
@@ -755,15 +774,9 @@ def _segment_popular_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Ta
         s, segment, item = np.nonzero(counts)
         owner = s * n_segments + segment
         count = counts[s, segment, item]
-        for type_code, content_type in enumerate(CONTENT_TYPES):
-            mask = world.item_type[item] == type_code
-            offsets, kept = _ranked_lists(
-                owner[mask],
-                np.flatnonzero(mask),
-                [-count[mask], item[mask]],
-                world.n_days * n_segments,
-                POPULAR_PER_TYPE,
-            )
+        for content_type, offsets, kept in _top_per_type(
+            world, owner, item, -count, world.n_days * n_segments, POPULAR_PER_TYPE
+        ):
             columns[f"{prefix}_{content_type}"] = _list_column(
                 offsets, pa.array(item_ids[item[kept]])
             )
@@ -789,17 +802,12 @@ def _market_editorial_table(world: EncodedWorld) -> pa.Table:
         "event_timestamp": _timestamps(world, np.repeat(np.arange(world.n_days), len(markets))),
     }
     item_ids = items["item_id"].to_numpy(dtype=str)
-    for type_code, content_type in enumerate(CONTENT_TYPES):
-        mask = world.item_type[editorial[e]] == type_code
-        offsets, kept = _ranked_lists(
-            owner[mask],
-            np.flatnonzero(mask),
-            [-release[e[mask]], editorial[e[mask]]],
-            n_owners,
-            EDITORIAL_PER_TYPE,
-        )
+    picks = editorial[e]
+    for content_type, offsets, kept in _top_per_type(
+        world, owner, picks, -release[e], n_owners, EDITORIAL_PER_TYPE
+    ):
         columns[f"editorial_{content_type}"] = _list_column(
-            offsets, pa.array(item_ids[editorial[e[kept]]])
+            offsets, pa.array(item_ids[picks[kept]])
         )
     return pa.table(columns)
 
@@ -840,15 +848,9 @@ def _neighbours_at(world, listener, item, released, snapshot) -> pa.Table:
         "item_id": pa.array(item_ids[released]),
         "event_timestamp": _timestamps(world, np.full(len(released), snapshot)),
     }
-    for type_code, content_type in enumerate(CONTENT_TYPES):
-        mask = world.item_type[b] == type_code
-        offsets, kept = _ranked_lists(
-            owner[mask],
-            np.flatnonzero(mask),
-            [-score[mask], b[mask]],
-            len(released),
-            NEIGHBOURS_PER_TYPE,
-        )
+    for content_type, offsets, kept in _top_per_type(
+        world, owner, b, -score, len(released), NEIGHBOURS_PER_TYPE
+    ):
         columns[f"neighbours_{content_type}"] = _list_column(offsets, pa.array(item_ids[b[kept]]))
         columns[f"neighbour_scores_{content_type}"] = _list_column(
             offsets, pa.array(score[kept], pa.float64())

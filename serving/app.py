@@ -5,27 +5,53 @@ Routes::
     GET  /health                 liveness: always 200 {"status": "ok"}
     GET  /ready                  503 until the store and shelf models are loaded, then 200
                                  with the model (sha256 prefix or "heuristic") of each shelf
+    GET  /metrics                Prometheus metrics (serving/metrics.py)
     GET  /v1/home/{listener_id}  the listener's Home page: shelves of ranked cards
     POST /v1/rank                caller-chosen items ranked by one shelf's model
+    POST /admin/reload           reload store snapshot and models (bearer token; 404 when
+                                 no token is configured)
+    GET  /docs                   OpenAPI
 
-The lifespan loads everything once (Feast store, shelves, models, cold-start defaults) into
-``app.state.ranker``; routes read it through the ``LoadedRanker`` dependency. Nothing
-happens at import.
+The lifespan loads everything once (Feast store, entity snapshot, shelves, models,
+cold-start defaults) into ``app.state.ranker``; routes read it through the
+``LoadedRanker`` dependency. A reload (admin call, or the refresh task noticing a new
+materialization or production model) builds a new state off the event loop and swaps the
+reference: requests in flight finish on the state they started with. Nothing happens at
+import.
 """
 
+import asyncio
+import contextlib
+import hmac
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from serving.feature_log import FeatureLog
+from serving.metrics import ServingMetrics
 from serving.ranking import HomeRanker
 from serving.schemas import (
     ID_PATTERN,
@@ -47,25 +73,82 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- lifespan
 
 
+def _feature_log(settings: Settings, metrics: ServingMetrics) -> FeatureLog | None:
+    if settings.feature_log_sample_rate == 0:
+        return None
+    return FeatureLog(
+        settings.served_features_dir,
+        sample_rate=settings.feature_log_sample_rate,
+        batch_rows=settings.feature_log_batch_rows,
+        max_rows=settings.feature_log_max_rows,
+        on_drop=metrics.feature_log_dropped.inc,
+    )
+
+
+async def reload_ranker(app: FastAPI, reason: str) -> HomeRanker:
+    """Build a new serving state off the event loop and swap it in (one reload at a time).
+    A shelf whose new model is refused keeps its old one; a failure keeps the old state."""
+    async with app.state.reload_lock:
+        started = time.perf_counter()
+        ranker = await anyio.to_thread.run_sync(
+            lambda: HomeRanker.load(
+                app.state.settings,
+                app.state.metrics,
+                app.state.feature_log,
+                previous=app.state.ranker,
+            )
+        )
+        app.state.ranker = ranker
+        app.state.startup_error = None
+        logger.info(
+            "reloaded (%s) in %.2f s: %s",
+            reason,
+            time.perf_counter() - started,
+            ", ".join(f"{name}={m.version}:{m.model}" for name, m in ranker.models.items()),
+        )
+        return ranker
+
+
+async def _refresh_when_changed(app: FastAPI, every: float) -> None:
+    """Reload when a materialization or a production model newer than the state appears."""
+    while True:
+        await asyncio.sleep(every)
+        ranker: HomeRanker | None = app.state.ranker
+        try:
+            current = ranker is not None and await anyio.to_thread.run_sync(
+                ranker.is_current, app.state.settings
+            )
+            if not current:
+                await reload_ranker(app, "store or model changed")
+        except Exception:  # keep serving the old state; try again next round
+            logger.exception("refresh failed; serving the previous state")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the serving state before the first request; a failure leaves the app up but
-    not ready (``/ready`` 503 with the error, ``/v1`` routes 503)."""
+    not ready (``/ready`` 503 with the error, ``/v1`` routes 503). Start the refresh task
+    and the feature log; on shutdown stop them and flush the log."""
     settings: Settings = app.state.settings
-    app.state.ranker = None
-    app.state.startup_error = None
+    app.state.feature_log = _feature_log(settings, app.state.metrics)
     try:
-        app.state.ranker = await anyio.to_thread.run_sync(HomeRanker.load, settings)
+        await reload_ranker(app, "startup")
     except Exception as error:  # the app stays up to report it on /ready
         logger.exception("serving state failed to load from %s", settings.data_dir)
         app.state.startup_error = f"{type(error).__name__}: {error}"
-    else:
-        logger.info(
-            "ready: %s",
-            ", ".join(f"{name}={m.model}" for name, m in app.state.ranker.models.items()),
-        )
-    yield
-    app.state.ranker = None
+    refresh = None
+    if settings.serve_refresh_seconds > 0:
+        refresh = asyncio.create_task(_refresh_when_changed(app, settings.serve_refresh_seconds))
+    try:
+        yield
+    finally:
+        if refresh is not None:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
+        if app.state.feature_log is not None:
+            await anyio.to_thread.run_sync(app.state.feature_log.close)
+        app.state.ranker = None
 
 
 # --------------------------------------------------------------------------- dependencies
@@ -122,6 +205,79 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     )
 
 
+class ServingMiddleware:
+    """Pure ASGI: a request id header, the body size limit (413 naming the limit, checked
+    on Content-Length and on the bytes actually received) and per-route latency metrics."""
+
+    def __init__(self, app: Any, metrics: ServingMetrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status_code = 500
+        too_large = _body_too_large(scope, self.max_body_bytes)
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise _BodyTooLarge
+            return message
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            if too_large:
+                raise _BodyTooLarge
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            response = JSONResponse(
+                status_code=413,
+                content={
+                    "detail": f"request body exceeds {self.max_body_bytes} bytes",
+                    "message": f"body: larger than the limit of {self.max_body_bytes} bytes",
+                },
+            )
+            await response(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            self.metrics.request_seconds.labels(route=label).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route=label, status=str(status_code)).inc()
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _body_too_large(scope: dict, limit: int) -> bool:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value) > limit
+            except ValueError:
+                return False
+    return False
+
+
+def _request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+
+
 router = APIRouter()
 
 
@@ -141,16 +297,28 @@ def ready(request: Request) -> Ready | JSONResponse:
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content=body.model_dump()
         )
+    return _ready(ranker)
+
+
+def _ready(ranker: HomeRanker) -> Ready:
     return Ready(
+        snapshot=ranker.snapshot.version,
         shelves=[
-            ShelfModelInfo(shelf=name, model=m.model, degraded=m.degraded, problem=m.problem)
+            ShelfModelInfo(
+                shelf=name,
+                model=m.model,
+                version=m.version,
+                degraded=m.degraded,
+                problem=m.problem,
+            )
             for name, m in ranker.models.items()
-        ]
+        ],
     )
 
 
 @router.get("/v1/home/{listener_id}", response_model=HomePage)
 def home(
+    request: Request,
     listener_id: ListenerId,
     ranker: LoadedRanker,
     k: CardsPerShelf = None,
@@ -159,12 +327,14 @@ def home(
 ) -> HomePage:
     """The listener's Home page. Unknown or new listeners get a cold-start page (popular
     and editorial cards of ``market``/``age_bucket``, or of the world's most common ones)."""
-    page = ranker.home(listener_id, k=k, market=market, age_bucket=age_bucket)
+    page = ranker.home(
+        listener_id, k=k, market=market, age_bucket=age_bucket, request_id=_request_id(request)
+    )
     return HomePage(**asdict(page))
 
 
 @router.post("/v1/rank", response_model=RankResponse)
-def rank(body: RankRequest, ranker: LoadedRanker) -> RankResponse:
+def rank(request: Request, body: RankRequest, ranker: LoadedRanker) -> RankResponse:
     """``item_ids`` ranked for the listener by the shelf's model (all of them unless
     ``k``); items stage 1 proposes carry their candidate signals, others do not."""
     _known_shelf(ranker, body.shelf)
@@ -175,8 +345,47 @@ def rank(body: RankRequest, ranker: LoadedRanker) -> RankResponse:
         k=body.k,
         market=body.market,
         age_bucket=body.age_bucket,
+        request_id=_request_id(request),
     )
     return RankResponse(listener_id=body.listener_id, **asdict(ranked))
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    """Prometheus exposition of this app's metrics."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_admin_token(request: Request, authorization: str | None) -> None:
+    """404 when no admin token is configured (the endpoint is off); 401 unless the
+    ``Authorization: Bearer <token>`` header matches it, compared in constant time."""
+    configured = request.app.state.settings.serve_admin_token
+    if configured is None or not configured.get_secret_value():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="admin endpoints are disabled")
+    scheme, _, given = (authorization or "").partition(" ")
+    expected = configured.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="a valid bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+@router.post("/admin/reload", response_model=Ready, responses={401: {}, 404: {}})
+async def admin_reload(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Ready:
+    """Reload the store snapshot, shelves and production models without dropping requests."""
+    _check_admin_token(request, authorization)
+    try:
+        ranker = await reload_ranker(request.app, "admin request")
+    except Exception as error:
+        logger.exception("admin reload failed; serving the previous state")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"reload failed: {error}"
+        ) from error
+    return _ready(ranker)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -189,7 +398,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.ranker = None
     app.state.startup_error = None
+    app.state.feature_log = None
+    app.state.metrics = ServingMetrics()
+    app.state.reload_lock = asyncio.Lock()
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(
+        ServingMiddleware, metrics=app.state.metrics, max_body_bytes=settings.serve_max_body_bytes
+    )
     app.include_router(router)
     return app
 

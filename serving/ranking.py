@@ -15,22 +15,28 @@ no cards and is marked ``degraded``.
 
 import json
 import logging
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from feast import FeatureService, FeatureStore
 
+from serving.feature_log import FeatureLog
+from serving.metrics import ServingMetrics
+from serving.online_features import EntitySnapshot, FastOnlineReader, SnapshotReader
 from training.candidates import (
     LISTENER_FEATURES,
+    CandidateInputs,
     FeatureReader,
     candidate_feature_names,
     generate_candidates,
     in_audience,
     read_candidate_inputs,
 )
-from training.feature_store import FeatureSelection, OnlineReader, open_store
+from training.feature_store import FeatureSelection, open_store
 from training.rankers import (
     CONTRACT_FILE,
     HeuristicRanker,
@@ -38,6 +44,7 @@ from training.rankers import (
     ShelfRanker,
     load_ranker,
 )
+from training.registry import ModelRegistry, RegistryError
 from training.schema import WorldPaths
 from training.settings import Settings
 from training.shelves import Shelf, load_shelves
@@ -128,40 +135,95 @@ class ShelfModel:
     shelf: Shelf
     ranker: ShelfRanker | HeuristicRanker
     model: str  # sha256 prefix, or HEURISTIC
+    version: str  # "v<N>" from the registry, LOCAL_VERSION from the model folder, or "-"
     degraded: bool
+    source: str  # model_source() when loaded: serving reloads when it changes
     problem: str | None = None
 
 
-def _heuristic(shelf: Shelf, problem: str) -> ShelfModel:
+LOCAL_VERSION = "local"
+"""``version`` of a model loaded from ``<data_dir>/models/<shelf>/`` (no registry)."""
+
+
+def model_source(settings: Settings, shelf: str) -> str:
+    """A token naming the model serving should load for ``shelf``: the registry's
+    production version (``registry:v<N>:<sha256>``) if the registry has one, else the
+    model folder's contract checksum (``folder:<sha256>``), else ``none``. Cheap (JSON
+    files only): serving polls it to notice a pushed or rolled-back model."""
+    try:
+        production = ModelRegistry(settings.model_registry_dir).production_sha(shelf)
+    except RegistryError as error:
+        return f"error:{error}"
+    if production is not None:
+        return f"registry:v{production[0]}:{production[1]}"
+    try:
+        contract = json.loads((model_dir(settings, shelf) / CONTRACT_FILE).read_text())
+        return f"folder:{contract['sha256']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "none"
+
+
+def _heuristic(shelf: Shelf, source: str, problem: str) -> ShelfModel:
     logger.warning("shelf %s serves its heuristic: %s", shelf.name, problem)
-    return ShelfModel(shelf, baseline_ranker(shelf), HEURISTIC, True, problem)
+    return ShelfModel(shelf, baseline_ranker(shelf), HEURISTIC, "-", True, source, problem)
+
+
+def _load_production(
+    settings: Settings, shelf: Shelf, source: str
+) -> tuple[ShelfRanker, dict[str, Any], str, str]:
+    """``(ranker, metadata, sha256, version label)`` of the shelf's production model."""
+    if source.startswith("registry:"):
+        ranker, metadata, record = ModelRegistry(settings.model_registry_dir).load(shelf.name)
+        return ranker, metadata, record.sha256, f"v{record.version}"
+    directory = model_dir(settings, shelf.name)
+    ranker, metadata = load_ranker(directory)
+    sha256 = json.loads((directory / CONTRACT_FILE).read_text())["sha256"]
+    return ranker, metadata, sha256, LOCAL_VERSION
 
 
 def load_shelf_model(settings: Settings, store: FeatureStore, shelf: Shelf) -> ShelfModel:
-    """The shelf's saved model, verified by ``load_ranker`` and checked against the shelf's
-    FeatureService; anything missing or inconsistent gives the heuristic, degraded."""
-    directory = model_dir(settings, shelf.name)
+    """The shelf's production model (registry, else model folder), verified by its
+    checksum and contract and checked against the shelf's FeatureService; anything
+    missing or inconsistent gives the heuristic, degraded."""
+    source = model_source(settings, shelf.name)
     try:
-        ranker, metadata = load_ranker(directory)
-        sha256 = json.loads((directory / CONTRACT_FILE).read_text())["sha256"]
-    except (ModelIntegrityError, OSError, ValueError, KeyError) as error:
-        return _heuristic(shelf, f"no usable model in {directory}: {error}")
+        ranker, metadata, sha256, version = _load_production(settings, shelf, source)
+    except (RegistryError, ModelIntegrityError, OSError, ValueError, KeyError) as error:
+        return _heuristic(shelf, source, f"no usable model ({source}): {error}")
     trained_on = metadata.get("feature_service")
     if trained_on not in (None, shelf.feature_service):
         return _heuristic(
             shelf,
+            source,
             f"model was trained on FeatureService {trained_on!r}, the shelf declares "
             f"{shelf.feature_service!r}",
         )
     try:
         available = set(model_feature_names(store, shelf))
     except Exception as error:  # registry errors are Feast-specific; any one degrades
-        return _heuristic(shelf, f"FeatureService {shelf.feature_service!r}: {error}")
+        return _heuristic(shelf, source, f"FeatureService {shelf.feature_service!r}: {error}")
     missing = [name for name in ranker.feature_names_ if name not in available]
     if missing:
-        return _heuristic(shelf, f"model needs features its FeatureService lacks: {missing}")
-    logger.info("shelf %s serves model %s", shelf.name, sha256[:SHA_PREFIX])
-    return ShelfModel(shelf, ranker, sha256[:SHA_PREFIX], False)
+        return _heuristic(
+            shelf, source, f"model needs features its FeatureService lacks: {missing}"
+        )
+    logger.info("shelf %s serves model %s (%s)", shelf.name, sha256[:SHA_PREFIX], version)
+    return ShelfModel(shelf, ranker, sha256[:SHA_PREFIX], version, False, source)
+
+
+def _kept(new: ShelfModel, old: ShelfModel | None) -> ShelfModel:
+    """On reload: a refused new model keeps the old working one (its source is updated so
+    the refusal is not retried until the production model changes again)."""
+    if new.degraded and old is not None and not old.degraded:
+        logger.warning(
+            "shelf %s: new model refused (%s); keeping %s %s",
+            new.shelf.name,
+            new.problem,
+            old.version,
+            old.model,
+        )
+        return replace(old, source=new.source, problem=f"new model refused: {new.problem}")
+    return new
 
 
 # --------------------------------------------------------------------------- results
@@ -211,19 +273,29 @@ def heuristic_scores(shelf: Shelf, rows: pd.DataFrame) -> np.ndarray:
 
 
 class HomeRanker:
-    """The loaded serving state: store, shelves, one ShelfModel per shelf, defaults."""
+    """The loaded serving state: store, entity snapshot, shelves, one ShelfModel per shelf,
+    cold-start defaults. Immutable once loaded: a reload builds a new one and swaps it in,
+    so a request in flight finishes on the state it started with."""
 
     def __init__(
         self,
         store: FeatureStore,
+        snapshot: EntitySnapshot,
         shelves: list[Shelf],
         models: dict[str, ShelfModel],
         defaults: ListenerDefaults,
+        metrics: ServingMetrics | None = None,
+        feature_log: FeatureLog | None = None,
     ) -> None:
         self.store = store
+        self.snapshot = snapshot
         self.shelves = shelves
         self.models = models
         self.defaults = defaults
+        self.metrics = metrics or ServingMetrics()
+        self.feature_log = feature_log
+        self.reader = FastOnlineReader(store, snapshot, self._count_missing)
+        self.snapshot_reader = SnapshotReader(store, snapshot)
         self.services: dict[str, FeatureService] = {}
         for shelf in shelves:
             try:
@@ -232,69 +304,131 @@ class HomeRanker:
                 logger.warning("shelf %s: FeatureService unavailable: %s", shelf.name, error)
 
     @classmethod
-    def load(cls, settings: Settings) -> "HomeRanker":
-        """Open the store, check its registry, load the shelves and their models."""
+    def load(
+        cls,
+        settings: Settings,
+        metrics: ServingMetrics | None = None,
+        feature_log: FeatureLog | None = None,
+        previous: "HomeRanker | None" = None,
+    ) -> "HomeRanker":
+        """Open the store, check its registry, snapshot the entity views, load the shelves
+        and their models. With ``previous`` (a reload), a shelf whose new model is refused
+        keeps the model ``previous`` served."""
         registry = settings.feast_dir / "registry.db"
         if not registry.is_file():
             raise FileNotFoundError(
                 f"no Feast registry at {registry}: run `homerec features apply` and "
                 "`homerec features materialize` first"
             )
-        store = open_store(settings)
+        store = open_store(settings, redis_timeout=settings.serve_feature_timeout_seconds)
         missing = sorted(STAGE1_VIEWS - {view.name for view in store.list_feature_views()})
         if missing:
             raise LookupError(f"feature views {missing} are not in the registry at {registry}")
+        snapshot = EntitySnapshot.load(store)
         shelves = load_shelves(settings.shelves_file)
         models = {shelf.name: load_shelf_model(settings, store, shelf) for shelf in shelves}
-        return cls(store, shelves, models, listener_defaults(settings))
+        if previous is not None:
+            models = {
+                name: _kept(model, previous.models.get(name)) for name, model in models.items()
+            }
+        ranker = cls(
+            store, snapshot, shelves, models, listener_defaults(settings), metrics, feature_log
+        )
+        ranker.metrics.set_models({name: (m.model, m.version) for name, m in models.items()})
+        return ranker
+
+    def is_current(self, settings: Settings) -> bool:
+        """False when a materialization or a model newer than this state exists."""
+        if not self.snapshot.is_current(self.store):
+            return False
+        return all(
+            model_source(settings, name) == model.source for name, model in self.models.items()
+        )
+
+    def _count_missing(self, view: str, rows: int) -> None:
+        self.metrics.missing_feature_rows.labels(view=view).inc(rows)
 
     # ---------------------------------------------------------------- stage 1
 
-    def _stage1_reader(self, market: str | None, age_bucket: str | None):
+    def _stage1_reader(
+        self, market: str | None, age_bucket: str | None, reader: FeatureReader | None = None
+    ) -> ListenerFallbackReader:
         return ListenerFallbackReader(
-            OnlineReader(self.store),
+            reader or self.reader,
             market or self.defaults.market,
             age_bucket or self.defaults.age_bucket,
         )
 
+    def _candidate_inputs(
+        self, listener_id: str, shelves: list[Shelf], market: str | None, age_bucket: str | None
+    ) -> tuple[CandidateInputs | None, bool, bool]:
+        """Stage-1 inputs: ``(inputs, cold_start, store_failed)``. When the online store
+        fails, the listener is served as an unknown one from the snapshot (popular and
+        editorial of the default segment); None only if even that fails."""
+        requests = pd.DataFrame({"group": [0], "listener_id": [listener_id]})
+        for reader in (self.reader, self.snapshot_reader):
+            fallback = self._stage1_reader(market, age_bucket, reader)
+            try:
+                inputs = read_candidate_inputs(fallback, requests, shelves)
+            except Exception:
+                logger.exception("stage 1 read failed for listener %s", listener_id)
+                continue
+            return inputs, fallback.filled, reader is not self.reader
+        return None, True, True
+
     # ---------------------------------------------------------------- stage 2
 
     def _scored(
-        self, shelf_model: ShelfModel, listener_id: str, rows: pd.DataFrame
-    ) -> tuple[pd.DataFrame, str, bool]:
+        self, shelf_model: ShelfModel, listener_id: str, rows: pd.DataFrame, request_id: str
+    ) -> tuple[pd.DataFrame, str, str | None]:
         """``rows`` (item_id, source, reason, candidate features) with model features,
         ``content_type`` and ``score`` added, best first (ties keep stage-1 order); with the
-        model label that scored them and whether the shelf is degraded."""
+        model label that scored them and why the shelf is degraded (None if it is not)."""
         shelf = shelf_model.shelf
-        model, degraded = shelf_model.model, shelf_model.degraded
+        model, problem = shelf_model.model, "no_model" if shelf_model.degraded else None
         frame = rows.reset_index(drop=True).assign(listener_id=listener_id)
         if frame.empty:  # nothing to read or score: the shelf simply has no cards
-            return frame.assign(score=pd.Series(dtype=float), content_type=None), model, degraded
-        features_ok = True
+            return frame.assign(score=pd.Series(dtype=float), content_type=None), model, problem
+        entities = frame[["listener_id", "item_id"]]
         try:
-            features = OnlineReader(self.store).read(
-                self.services[shelf.name], frame[["listener_id", "item_id"]]
-            )
-            frame = pd.concat(
-                [frame, features.drop(columns=[c for c in features if c in frame])], axis=1
-            )
+            features = self.reader.read(self.services[shelf.name], entities)
         except Exception:
             logger.exception("shelf %s: model feature read failed", shelf.name)
-            features_ok = False
+            problem = "feature_store"
+            features = self.snapshot_reader.read(self.services[shelf.name], entities)
+        frame = pd.concat(
+            [frame, features.drop(columns=[c for c in features if c in frame])], axis=1
+        )
         scores = None
-        if isinstance(shelf_model.ranker, ShelfRanker) and features_ok:
+        if isinstance(shelf_model.ranker, ShelfRanker) and problem is None:
             try:
                 scores = shelf_model.ranker.predict(frame)
             except Exception:
                 logger.exception("shelf %s: model could not score", shelf.name)
+                problem = "model_error"
+            else:
+                self._log_features(request_id, shelf_model, frame)
         if scores is None:
             scores = heuristic_scores(shelf, frame)
-            model, degraded = HEURISTIC, True
+            model = HEURISTIC
         frame["score"] = np.asarray(scores, dtype=np.float64)
         if "content_type" not in frame:
             frame["content_type"] = None
         order = np.argsort(-frame["score"].to_numpy(), kind="stable")
-        return frame.iloc[order].reset_index(drop=True), model, degraded
+        return frame.iloc[order].reset_index(drop=True), model, problem
+
+    def _log_features(self, request_id: str, shelf_model: ShelfModel, frame: pd.DataFrame) -> None:
+        log = self.feature_log
+        if log is None or not log.sampled():
+            return
+        columns = ["listener_id", "item_id", *shelf_model.ranker.feature_names_]
+        log.record(
+            request_id,
+            shelf_model.shelf.name,
+            shelf_model.model,
+            shelf_model.version,
+            frame[columns],
+        )
 
     @staticmethod
     def _cards(
@@ -317,6 +451,11 @@ class HomeRanker:
             )
         return cards
 
+    def _finish_shelf(self, shelf: Shelf, started: float, problem: str | None) -> None:
+        self.metrics.shelf_seconds.labels(shelf=shelf.name).observe(time.perf_counter() - started)
+        if problem is not None:
+            self.metrics.fallbacks.labels(shelf=shelf.name, reason=problem).inc()
+
     # ---------------------------------------------------------------- endpoints
 
     def home(
@@ -325,36 +464,41 @@ class HomeRanker:
         k: int | None = None,
         market: str | None = None,
         age_bucket: str | None = None,
+        request_id: str | None = None,
     ) -> Page:
         """The listener's Home page: every shelf whose audience includes them, in
         declaration order, each with its top ``k`` (default ``shelf.k``) candidates by
         model score; an item already on an earlier shelf is skipped on later ones."""
-        requests = pd.DataFrame({"group": [0], "listener_id": [listener_id]})
-        reader = self._stage1_reader(market, age_bucket)
-        try:
-            inputs = read_candidate_inputs(reader, requests, self.shelves)
-            account_age = inputs.listeners["account_age_days"]
-        except Exception:
-            logger.exception("stage 1 read failed for listener %s", listener_id)
-            inputs, account_age = None, pd.Series([np.nan])
+        request_id = request_id or uuid.uuid4().hex
+        inputs, cold_start, store_failed = self._candidate_inputs(
+            listener_id, self.shelves, market, age_bucket
+        )
+        account_age = inputs.listeners["account_age_days"] if inputs else pd.Series([np.nan])
         shelves: list[RankedShelf] = []
         shown: set[str] = set()
         for shelf in self.shelves:
             if not in_audience(shelf, account_age)[0]:
                 continue
+            started = time.perf_counter()
             shelf_model = self.models[shelf.name]
-            model, degraded, cards = shelf_model.model, True, []
+            model, problem, cards = shelf_model.model, "feature_store", []
             if inputs is not None:
                 try:
                     candidates = generate_candidates(shelf, inputs)
                 except Exception:
                     logger.exception("shelf %s: candidate generation failed", shelf.name)
+                    problem = "candidates"
                 else:
-                    frame, model, degraded = self._scored(shelf_model, listener_id, candidates)
+                    frame, model, problem = self._scored(
+                        shelf_model, listener_id, candidates, request_id
+                    )
                     cards = self._cards(frame, k or shelf.k, skip=shown)
+                    if store_failed:
+                        problem = "feature_store"
+            self._finish_shelf(shelf, started, problem)
             shown.update(card.item_id for card in cards)
-            shelves.append(RankedShelf(shelf.name, shelf.title, model, degraded, cards))
-        return Page(listener_id, reader.filled, shelves)
+            shelves.append(RankedShelf(shelf.name, shelf.title, model, problem is not None, cards))
+        return Page(listener_id, cold_start, shelves)
 
     def rank(
         self,
@@ -364,6 +508,7 @@ class HomeRanker:
         k: int | None = None,
         market: str | None = None,
         age_bucket: str | None = None,
+        request_id: str | None = None,
     ) -> RankedShelf:
         """``item_ids`` (duplicates dropped) ranked for the listener by the shelf's model.
 
@@ -373,26 +518,28 @@ class HomeRanker:
         candidate signals (NaN, as in training for signals a source did not give) and
         source ``"request"``. A stage-1 failure leaves all signals missing, degraded.
         """
+        request_id = request_id or uuid.uuid4().hex
+        started = time.perf_counter()
         shelf_model = self.models[shelf_name]
         shelf = shelf_model.shelf
         items = pd.DataFrame({"item_id": list(dict.fromkeys(item_ids))})
-        requests = pd.DataFrame({"group": [0], "listener_id": [listener_id]})
-        stage1_ok = True
-        try:
-            inputs = read_candidate_inputs(
-                self._stage1_reader(market, age_bucket), requests, [shelf]
-            )
-            candidates = generate_candidates(shelf, inputs).drop(columns="group")
-            rows = items.merge(candidates, on="item_id", how="left")
-        except Exception:
-            logger.exception("shelf %s: stage 1 failed for /v1/rank", shelf.name)
-            stage1_ok = False
-            rows = items.assign(source=None, reason=None)
+        inputs, _, store_failed = self._candidate_inputs(listener_id, [shelf], market, age_bucket)
+        stage1_problem = "feature_store" if store_failed else None
+        rows = items.assign(source=None, reason=None)
+        if inputs is not None:
+            try:
+                candidates = generate_candidates(shelf, inputs).drop(columns="group")
+                rows = items.merge(candidates, on="item_id", how="left")
+            except Exception:
+                logger.exception("shelf %s: stage 1 failed for /v1/rank", shelf.name)
+                stage1_problem = "candidates"
         for name in candidate_feature_names(shelf):
             if name not in rows:
                 rows[name] = np.nan
         rows["source"] = rows["source"].astype(object).where(rows["source"].notna(), REQUEST_SOURCE)
-        frame, model, degraded = self._scored(shelf_model, listener_id, rows)
+        frame, model, problem = self._scored(shelf_model, listener_id, rows, request_id)
+        problem = problem or stage1_problem
+        self._finish_shelf(shelf, started, problem)
         return RankedShelf(
-            shelf.name, shelf.title, model, degraded or not stage1_ok, self._cards(frame, k)
+            shelf.name, shelf.title, model, problem is not None, self._cards(frame, k)
         )

@@ -100,12 +100,14 @@ class ShelfModelInfo(BaseModel):
 
     shelf: str
     model: str
+    version: str = Field(description="Registry version (v<N>), 'local' (model folder) or '-'.")
     degraded: bool
     problem: str | None = None
 
 
 class Ready(BaseModel):
     status: Literal["ready"] = "ready"
+    snapshot: str = Field(description="Materialization the in-memory entity snapshot holds.")
     shelves: list[ShelfModelInfo]
 
 

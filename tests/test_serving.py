@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from feast import FeatureService
 
-from serving import ranking
+from serving import online_features
 from serving.app import create_app
 from tests.conftest import SHORT_WINDOWS, TrainedWorld, project_settings
 from training.candidates import (
@@ -264,24 +263,26 @@ def test_missing_model_serves_the_heuristic(
     assert shelves["shortcuts"]["degraded"] is False
 
 
-class _ModelReadsFail(OnlineReader):
-    """The online store fails every model-feature (FeatureService) read."""
+def _failing_online_rows(views: set[str] | None):
+    """A ``FastOnlineReader._online_rows`` whose store fails for ``views`` (None: all)."""
+    original = online_features.FastOnlineReader._online_rows
 
-    def read(self, features, entities):
-        if isinstance(features, FeatureService):
+    def online_rows(self, request, entities):
+        if views is None or request.view.name in views:
             raise ConnectionError("online store unavailable")
-        return super().read(features, entities)
+        return original(self, request, entities)
 
-
-class _AllReadsFail(OnlineReader):
-    def read(self, features, entities):
-        raise ConnectionError("online store unavailable")
+    return online_rows
 
 
 def test_feature_read_failure_degrades_shelves_not_the_page(
     client: TestClient, established: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ranking, "OnlineReader", _ModelReadsFail)
+    """Model-feature reads failing (listener x item pairs): every shelf keeps its stage-1
+    candidates, ranked by its heuristic, degraded. The whole store failing: the page of an
+    unknown listener from the in-memory snapshot (popular, editorial), all degraded."""
+    reader = online_features.FastOnlineReader
+    monkeypatch.setattr(reader, "_online_rows", _failing_online_rows({"listener_item"}))
     page = _home(client, established)
     assert page["shelves"]
     for served in page["shelves"]:
@@ -292,12 +293,18 @@ def test_feature_read_failure_degrades_shelves_not_the_page(
     rank = client.post("/v1/rank", json={**RANK, "listener_id": established})
     assert rank.status_code == 200 and rank.json()["degraded"] is True
 
-    monkeypatch.setattr(ranking, "OnlineReader", _AllReadsFail)
+    monkeypatch.setattr(reader, "_online_rows", _failing_online_rows(None))
     page = _home(client, established)
+    assert page["cold_start"] is True
     assert [s["shelf"] for s in page["shelves"]] == SHELF_NAMES  # unknown age: all shelves
-    assert all(s["degraded"] and s["cards"] == [] for s in page["shelves"])
+    assert all(s["degraded"] for s in page["shelves"])
+    shelves = {s["shelf"]: s for s in page["shelves"]}
+    assert shelves["shortcuts"]["cards"] == []  # no familiar items without the store
+    assert shelves["try_something_else"]["cards"], "popular and editorial cards remain"
     rank = client.post("/v1/rank", json={**RANK, "listener_id": established})
     assert rank.status_code == 200 and rank.json()["degraded"] is True
+    metrics = client.get("/metrics").text
+    assert 'homerec_fallbacks_total{reason="feature_store",shelf="shortcuts"}' in metrics
 
 
 # --------------------------------------------------------------------------- parity

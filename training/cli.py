@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from training.models_cli import models_app
 from training.settings import Settings
 from training.world import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED
 
@@ -19,6 +20,7 @@ world_app = typer.Typer(
 features_app = typer.Typer(help="Feature tables and the Feast feature store.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
 
 
 Listeners = Annotated[int, typer.Option(min=10, help="Number of listeners.")]

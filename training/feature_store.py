@@ -34,8 +34,18 @@ def feature_store_yaml(settings: Settings) -> Path:
     return settings.feature_repo / name
 
 
-def repo_config(settings: Settings) -> RepoConfig:
-    """The repository's yaml, with registry and online store pointed where settings say."""
+def _with_timeouts(connection: str, seconds: float) -> str:
+    """A Feast Redis connection string whose socket operations time out after ``seconds``
+    (timeouts the string sets itself are kept)."""
+    for option in ("socket_timeout", "socket_connect_timeout"):
+        if f"{option}=" not in connection:
+            connection += f",{option}={seconds}"
+    return connection
+
+
+def repo_config(settings: Settings, redis_timeout: float | None = None) -> RepoConfig:
+    """The repository's yaml, with registry and online store pointed where settings say;
+    ``redis_timeout`` bounds each Redis call (serving), by default Redis' own (none)."""
     raw: dict[str, Any] = yaml.safe_load(
         os.path.expandvars(feature_store_yaml(settings).read_text())
     )
@@ -49,7 +59,10 @@ def repo_config(settings: Settings) -> RepoConfig:
 
     raw["registry"] = in_feast_dir("registry.db")
     if settings.online_store == "redis":
-        raw["online_store"]["connection_string"] = settings.redis_connection
+        connection = settings.redis_connection
+        if redis_timeout is not None:
+            connection = _with_timeouts(connection, redis_timeout)
+        raw["online_store"]["connection_string"] = connection
     else:
         raw["online_store"]["path"] = in_feast_dir("online_store.db")
     config = RepoConfig(**raw)
@@ -57,10 +70,10 @@ def repo_config(settings: Settings) -> RepoConfig:
     return config
 
 
-def open_store(settings: Settings) -> FeatureStore:
+def open_store(settings: Settings, redis_timeout: float | None = None) -> FeatureStore:
     """A FeatureStore on the settings' data directory and online store."""
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    config = repo_config(settings)
+    config = repo_config(settings, redis_timeout)
     return FeatureStore(repo_path=str(config.repo_path), config=config)
 
 
@@ -147,7 +160,7 @@ def feature_names(selection: FeatureSelection) -> list[str]:
     return [reference.split(":", 1)[1] for reference in selection]
 
 
-def _aligned(entities: pd.DataFrame, result: pd.DataFrame, keys: list[str], names: list[str]):
+def aligned(entities: pd.DataFrame, result: pd.DataFrame, keys: list[str], names: list[str]):
     """``result`` rows (one per unique entity) matched back to every row of ``entities``."""
     merged = entities[keys].merge(result[keys + names], on=keys, how="left")
     merged.index = entities.index
@@ -172,7 +185,7 @@ class OfflineReader:
         entities = entities.assign(
             event_timestamp=pd.to_datetime(entities["event_timestamp"], utc=True)
         )
-        return _aligned(entities, result, keys, names)
+        return aligned(entities, result, keys, names)
 
 
 class OnlineReader:
@@ -190,4 +203,4 @@ class OnlineReader:
         result = self.store.get_online_features(
             features=features, entity_rows=unique.to_dict("records")
         ).to_df()
-        return _aligned(entities, result, keys, names)
+        return aligned(entities, result, keys, names)

@@ -6,6 +6,7 @@ Nothing reads the environment at import: callers build ``Settings()`` once and p
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +37,26 @@ class Settings(BaseSettings):
     max_requests_per_snapshot: int = 5000
     """Listeners sampled per snapshot into training sets (all of them when fewer)."""
 
+    registry_dir: Path | None = None
+    """Model registry root (default: <data_dir>/registry)."""
+
+    serve_admin_token: SecretStr | None = None
+    """Bearer token of ``POST /admin/reload``; unset disables the endpoint."""
+    serve_feature_timeout_seconds: float = Field(default=0.25, gt=0)
+    """Bound on one Redis online read while serving; slower reads degrade the shelf."""
+    serve_refresh_seconds: float = Field(default=30.0, ge=0)
+    """How often serving checks for a new materialization or production model (0: never)."""
+    serve_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request body accepted (413 above)."""
+    feature_log_dir: Path | None = None
+    """Where served feature vectors are logged (default: <data_dir>/served_features)."""
+    feature_log_sample_rate: float = Field(default=0.1, ge=0, le=1)
+    """Share of requests whose feature vectors are logged (0 turns logging off)."""
+    feature_log_batch_rows: int = Field(default=5000, ge=1)
+    """Rows per parquet file of the served-feature log."""
+    feature_log_max_rows: int = Field(default=100_000, ge=1)
+    """Rows the log holds in memory before it drops new samples (and counts them)."""
+
     @property
     def world_dir(self) -> Path:
         return self.data_dir / "world"
@@ -47,3 +68,11 @@ class Settings(BaseSettings):
     @property
     def feast_dir(self) -> Path:
         return self.data_dir / "feast"
+
+    @property
+    def model_registry_dir(self) -> Path:
+        return self.registry_dir or self.data_dir / "registry"
+
+    @property
+    def served_features_dir(self) -> Path:
+        return self.feature_log_dir or self.data_dir / "served_features"

@@ -190,6 +190,37 @@ def load_shelf_model(settings: Settings, store: FeatureStore, shelf: Shelf) -> S
         ranker, metadata, sha256, version = _load_production(settings, shelf, source)
     except (RegistryError, ModelIntegrityError, OSError, ValueError, KeyError) as error:
         return _heuristic(shelf, source, f"no usable model ({source}): {error}")
+    return _checked_model(store, shelf, ranker, metadata, sha256, version, source)
+
+
+def registry_shelf_model(
+    settings: Settings, store: FeatureStore, shelf: Shelf, alias_or_version: str | int
+) -> ShelfModel:
+    """Any registered version of the shelf's model (e.g. the ``candidate``), checked as
+    the production one is; RegistryError when it does not exist or is corrupt."""
+    ranker, metadata, record = ModelRegistry(settings.model_registry_dir).load(
+        shelf.name, alias_or_version
+    )
+    source = f"registry:v{record.version}:{record.sha256}"
+    version = f"v{record.version}"
+    return _checked_model(store, shelf, ranker, metadata, record.sha256, version, source)
+
+
+def heuristic_model(shelf: Shelf) -> ShelfModel:
+    """The shelf's pre-ML heuristic as a ShelfModel (not degraded: chosen, not fallen to)."""
+    return ShelfModel(shelf, baseline_ranker(shelf), HEURISTIC, "-", False, "heuristic")
+
+
+def _checked_model(
+    store: FeatureStore,
+    shelf: Shelf,
+    ranker: ShelfRanker,
+    metadata: dict[str, Any],
+    sha256: str,
+    version: str,
+    source: str,
+) -> ShelfModel:
+    """The model, if its contract fits the shelf's FeatureService; else the heuristic."""
     trained_on = metadata.get("feature_service")
     if trained_on not in (None, shelf.feature_service):
         return _heuristic(
@@ -207,7 +238,7 @@ def load_shelf_model(settings: Settings, store: FeatureStore, shelf: Shelf) -> S
         return _heuristic(
             shelf, source, f"model needs features its FeatureService lacks: {missing}"
         )
-    logger.info("shelf %s serves model %s (%s)", shelf.name, sha256[:SHA_PREFIX], version)
+    logger.info("shelf %s: model %s (%s)", shelf.name, sha256[:SHA_PREFIX], version)
     return ShelfModel(shelf, ranker, sha256[:SHA_PREFIX], version, False, source)
 
 
@@ -465,11 +496,14 @@ class HomeRanker:
         market: str | None = None,
         age_bucket: str | None = None,
         request_id: str | None = None,
+        models: dict[str, ShelfModel] | None = None,
     ) -> Page:
         """The listener's Home page: every shelf whose audience includes them, in
         declaration order, each with its top ``k`` (default ``shelf.k``) candidates by
-        model score; an item already on an earlier shelf is skipped on later ones."""
+        model score; an item already on an earlier shelf is skipped on later ones.
+        ``models`` replaces the serving models of some shelves (to compare versions)."""
         request_id = request_id or uuid.uuid4().hex
+        models = {**self.models, **(models or {})}
         inputs, cold_start, store_failed = self._candidate_inputs(
             listener_id, self.shelves, market, age_bucket
         )
@@ -480,7 +514,7 @@ class HomeRanker:
             if not in_audience(shelf, account_age)[0]:
                 continue
             started = time.perf_counter()
-            shelf_model = self.models[shelf.name]
+            shelf_model = models[shelf.name]
             model, problem, cards = shelf_model.model, "feature_store", []
             if inputs is not None:
                 try:

@@ -62,8 +62,10 @@ __all__ = [
     "histogram",
     "load_profile",
     "post_webhook",
+    "profile_json",
     "profile_on",
     "save_profile",
+    "webhook_target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -227,10 +229,15 @@ class Profile:
             raise ValueError(f"malformed profile: {type(exc).__name__}: {exc}") from exc
 
 
+def profile_json(profile: Profile) -> str:
+    """``profile`` as the JSON text :func:`save_profile` writes and :func:`load_profile`
+    (or ``Profile.from_dict(json.loads(text))``) reads back."""
+    return json.dumps(profile.to_dict(), indent=1, allow_nan=False) + "\n"
+
+
 def save_profile(profile: Profile, path: Path | str) -> None:
     """Write ``profile`` as JSON to ``path`` atomically (temp file + rename)."""
-    text = json.dumps(profile.to_dict(), indent=1, allow_nan=False)
-    atomic_write_text(Path(path), text + "\n")
+    atomic_write_text(Path(path), profile_json(profile))
 
 
 def load_profile(path: Path | str) -> Profile:
@@ -539,16 +546,24 @@ class WebhookError(RuntimeError):
     """The drift webhook could not be delivered."""
 
 
-def post_webhook(url: str, report: DriftReport, timeout: float = 5.0) -> None:
-    """POST ``report.to_dict()`` as JSON to ``url`` (http or https); WebhookError on failure.
-
-    Errors name only the scheme and host: webhook paths often carry secret tokens.
-    """
+def webhook_target(url: str) -> str:
+    """``scheme://host[:port]`` of a webhook ``url``, for messages (paths and credentials
+    often carry secrets); ValueError unless it is an http(s) url with a host."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"webhook url must be http(s)://host/..., got scheme {parts.scheme!r}")
-    where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-    body = json.dumps(report.to_dict(), allow_nan=False).encode("utf-8")
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def post_webhook(url: str, report: DriftReport | Mapping[str, Any], timeout: float = 5.0) -> None:
+    """POST ``report`` (a DriftReport as ``report.to_dict()``, or any JSON object) as JSON
+    to ``url`` (http or https); WebhookError on failure.
+
+    Errors name only the scheme and host: webhook paths often carry secret tokens.
+    """
+    where = webhook_target(url)
+    payload = report.to_dict() if isinstance(report, DriftReport) else dict(report)
+    body = json.dumps(payload, allow_nan=False).encode("utf-8")
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
     )

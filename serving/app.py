@@ -206,8 +206,11 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 
 class ServingMiddleware:
-    """Pure ASGI: a request id header, the body size limit (413 naming the limit, checked
-    on Content-Length and on the bytes actually received) and per-route latency metrics."""
+    """Pure ASGI: a request id header, the body size limit and per-route latency metrics.
+
+    The limit is checked on ``Content-Length`` and, for a body without one (chunked), on
+    the bytes received: such a body is read up to the limit before the app sees it, so an
+    oversized one is answered 413 (naming the limit) instead of being parsed."""
 
     def __init__(self, app: Any, metrics: ServingMetrics, max_body_bytes: int) -> None:
         self.app = app
@@ -222,16 +225,6 @@ class ServingMiddleware:
         request_id = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status_code = 500
-        too_large = _body_too_large(scope, self.max_body_bytes)
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise _BodyTooLarge
-            return message
 
         async def send_with_id(message: dict) -> None:
             nonlocal status_code
@@ -241,37 +234,49 @@ class ServingMiddleware:
             await send(message)
 
         try:
-            if too_large:
-                raise _BodyTooLarge
-            await self.app(scope, limited_receive, send_with_id)
-        except _BodyTooLarge:
-            response = JSONResponse(
-                status_code=413,
-                content={
-                    "detail": f"request body exceeds {self.max_body_bytes} bytes",
-                    "message": f"body: larger than the limit of {self.max_body_bytes} bytes",
-                },
-            )
-            await response(scope, receive, send_with_id)
+            body_receive = await self._bounded_body(scope, receive)
+            if body_receive is None:
+                await self._too_large(scope, receive, send_with_id)
+            else:
+                await self.app(scope, body_receive, send_with_id)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", "unmatched")
-            self.metrics.request_seconds.labels(route=label).observe(time.perf_counter() - started)
+            label = getattr(scope.get("route"), "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            self.metrics.request_seconds.labels(route=label).observe(elapsed)
             self.metrics.requests.labels(route=label, status=str(status_code)).inc()
 
+    async def _bounded_body(self, scope: dict, receive: Any) -> Any:
+        """``receive`` for the app, or None when the body is over the limit."""
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None:
+            return None if length.isdigit() and int(length) > self.max_body_bytes else receive
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return receive
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return None
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
 
-class _BodyTooLarge(Exception):
-    pass
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
 
+        return replay
 
-def _body_too_large(scope: dict, limit: int) -> bool:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value) > limit
-            except ValueError:
-                return False
-    return False
+    async def _too_large(self, scope: dict, receive: Any, send: Any) -> None:
+        limit = self.max_body_bytes
+        response = JSONResponse(
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            content={
+                "detail": f"request body exceeds {limit} bytes",
+                "message": f"body: larger than the limit of {limit} bytes",
+            },
+        )
+        await response(scope, receive, send)
 
 
 def _request_id(request: Request) -> str:

@@ -228,8 +228,8 @@ class FastOnlineReader:
             EntityKey(join_keys=keys, entity_values=[columns[key][row] for key in keys])
             for row in range(len(unique))
         ]
-        results = self._online_store.online_read(
-            self.store.config, request.view, entity_keys, request.features
+        results = self._online_store.online_read(  # a copy: Feast's Redis store appends to it
+            self.store.config, request.view, entity_keys, list(request.features)
         )
         values: dict[str, list[Value]] = {name: [] for name in request.features}
         missing = 0

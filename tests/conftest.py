@@ -38,7 +38,7 @@ def small_world_store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -49,7 +49,7 @@ class RedisServer:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen | None = None
 
     @property
@@ -84,6 +84,16 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies as in a crash (no shutdown save)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -91,14 +101,22 @@ class RedisServer:
         self.process = None
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real redis-server. Missing binary: skipped locally, a failure under CI=true."""
-    if shutil.which("redis-server") is None:
-        message = "redis-server is not installed (make test installs Debian's redis-server)"
+def require(binary: str) -> str:
+    """The path of a system binary ``make test`` installs: skipped locally when missing,
+    a failure under CI=true (those tests must run there)."""
+    path = shutil.which(binary)
+    if path is None:
+        message = f"{binary} is not installed (make test installs it with apt-get)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server. Missing binary: skipped locally, a failure under CI=true."""
+    require("redis-server")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server

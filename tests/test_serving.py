@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from serving import online_features
 from serving.app import create_app
 from tests.conftest import SHORT_WINDOWS, TrainedWorld, project_settings
+from tests.serving_checks import assert_fast_reads_equal_feast
 from training.candidates import (
     LISTENER_FEATURES,
     generate_candidates,
@@ -308,6 +309,10 @@ def test_feature_read_failure_degrades_shelves_not_the_page(
 
 
 # --------------------------------------------------------------------------- parity
+
+
+def test_fast_reads_equal_get_online_features_on_sqlite(trained_world: TrainedWorld) -> None:
+    assert_fast_reads_equal_feast(trained_world.settings)
 
 
 def test_served_shortcuts_equal_the_library_ranking(

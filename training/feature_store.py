@@ -34,18 +34,25 @@ def feature_store_yaml(settings: Settings) -> Path:
     return settings.feature_repo / name
 
 
-def _with_timeouts(connection: str, seconds: float) -> str:
-    """A Feast Redis connection string whose socket operations time out after ``seconds``
-    (timeouts the string sets itself are kept)."""
-    for option in ("socket_timeout", "socket_connect_timeout"):
+def _fail_fast(connection: str, seconds: float) -> str:
+    """A Feast Redis connection string for serving: socket operations time out after
+    ``seconds`` and failed commands are not retried (redis-py otherwise retries with
+    backoff for seconds), so a dead or slow store degrades a shelf quickly. Options the
+    string sets itself are kept."""
+    for option, value in (
+        ("socket_timeout", seconds),
+        ("socket_connect_timeout", seconds),
+        ("retry", "null"),
+    ):
         if f"{option}=" not in connection:
-            connection += f",{option}={seconds}"
+            connection += f",{option}={value}"
     return connection
 
 
 def repo_config(settings: Settings, redis_timeout: float | None = None) -> RepoConfig:
     """The repository's yaml, with registry and online store pointed where settings say;
-    ``redis_timeout`` bounds each Redis call (serving), by default Redis' own (none)."""
+    ``redis_timeout`` bounds each Redis call and turns retries off (serving); by default
+    redis-py's own behaviour (no timeout, retries)."""
     raw: dict[str, Any] = yaml.safe_load(
         os.path.expandvars(feature_store_yaml(settings).read_text())
     )
@@ -61,7 +68,7 @@ def repo_config(settings: Settings, redis_timeout: float | None = None) -> RepoC
     if settings.online_store == "redis":
         connection = settings.redis_connection
         if redis_timeout is not None:
-            connection = _with_timeouts(connection, redis_timeout)
+            connection = _fail_fast(connection, redis_timeout)
         raw["online_store"]["connection_string"] = connection
     else:
         raw["online_store"]["path"] = in_feast_dir("online_store.db")

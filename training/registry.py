@@ -6,12 +6,14 @@ Layout under the registry root (``<data_dir>/registry`` unless configured otherw
     <root>/<shelf>/versions/<N>/ranker.json     the feature contract, params, metadata
     <root>/<shelf>/versions/<N>/version.json    {version, shelf, sha256, registered_at}
     <root>/<shelf>/versions/<N>/decision.json   the evaluation gate's verdict, written once
+    <root>/<shelf>/versions/<N>/profile.json    training-data feature profile (drift), once
     <root>/<shelf>/aliases.json                 {"production", "candidate", "history"}
     <root>/<shelf>/events.log                   one JSON line per alias switch
 
 A version is written into a temp directory inside ``versions/`` and renamed to its
 number, so readers never see half a version and concurrent registers get distinct
-numbers. Versions are never rewritten; only ``decision.json`` is added once. Alias
+numbers. Versions are never rewritten; only ``decision.json`` and ``profile.json`` are
+added, each once. Alias
 switches rewrite ``aliases.json`` atomically (temp file, fsync, rename) under a per-shelf
 lock, append to ``events.log`` and log at INFO. Moving ``production`` pushes the previous
 production onto ``history``; :meth:`ModelRegistry.rollback` pops it back.
@@ -75,6 +77,7 @@ ALIASES = (PRODUCTION, CANDIDATE)
 VERSIONS_DIR = "versions"
 VERSION_FILE = "version.json"
 DECISION_FILE = "decision.json"
+PROFILE_FILE = "profile.json"
 ALIASES_FILE = "aliases.json"
 EVENTS_FILE = "events.log"
 LOCK_FILE = ".lock"
@@ -471,6 +474,33 @@ class ModelRegistry:
             ) from err
         logger.info("%s: version %d gate decision %s", shelf, version, decision_status(record))
         return self.get(shelf, version)
+
+    def record_profile(self, shelf: str, version: int, profile_json: str) -> Path:
+        """Store a version's reference feature profile (``profile.json``), once; its path.
+
+        ``profile_json`` is the JSON text of the distribution of the version's features in
+        its training data (:func:`evaluation.drift.profile_json`); drift checks compare
+        served features with it. It must be a JSON object; a second profile for the same
+        version is refused (RegistryError): the reference of a version never changes.
+        """
+        directory = self._require_version(shelf, version)
+        what = f"profile for {shelf} version {version}"
+        try:
+            parsed = json.loads(profile_json)
+        except (TypeError, json.JSONDecodeError) as err:
+            raise RegistryError(f"{what} is not JSON text: {err}") from err
+        if not isinstance(parsed, dict):
+            raise RegistryError(f"{what} must be a JSON object")
+        path = directory / PROFILE_FILE
+        try:
+            _write_once(path, profile_json.encode("utf-8"))
+        except FileExistsError as err:
+            raise RegistryError(
+                f"{path}: a profile is already recorded for {shelf} version {version}; "
+                "profiles are written once"
+            ) from err
+        logger.info("%s: version %d reference profile recorded", shelf, version)
+        return path
 
     # ----------------------------------------------------------------- integrity
 

@@ -1,0 +1,67 @@
+"""Checks the SQLite and Redis serving tests share: the fast reader's parity with
+``get_online_features``, and listeners of each kind in a trained world."""
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from serving.online_features import EntitySnapshot, FastOnlineReader
+from training.candidates import LISTENER_FEATURES
+from training.feature_store import OnlineReader, open_store
+from training.schema import WorldPaths
+from training.settings import Settings
+from training.shelves import load_shelves
+
+NEW_LISTENER_DAYS = 30  # try_something_else's audience (shelves.yaml)
+
+
+@dataclass(frozen=True)
+class ListenerKinds:
+    established: str  # older than NEW_LISTENER_DAYS, with the most familiar items
+    new: str  # in try_something_else's audience
+
+
+def listener_kinds(settings: Settings) -> ListenerKinds:
+    listeners = pd.read_parquet(WorldPaths(settings.world_dir).listeners, columns=["listener_id"])
+    online = OnlineReader(open_store(settings)).read(LISTENER_FEATURES, listeners)
+    profiles = pd.DataFrame(
+        {
+            "listener_id": listeners["listener_id"].astype(str),
+            "age": online["account_age_days"].astype(float),
+            "familiar": online["familiar_items"].map(lambda v: 0 if v is None else len(v)),
+        }
+    )
+    old = profiles[profiles["age"] > NEW_LISTENER_DAYS].sort_values("familiar", ascending=False)
+    new = profiles[profiles["age"] <= NEW_LISTENER_DAYS]
+    assert len(old) and len(new), "the trained world lacks established or new listeners"
+    return ListenerKinds(str(old["listener_id"].iloc[0]), str(new["listener_id"].iloc[0]))
+
+
+def assert_fast_reads_equal_feast(settings: Settings) -> None:
+    """For every shelf's FeatureService and the stage-1 listener features, over rows that
+    mix familiar pairs, never-played pairs, an unknown item and an unknown listener: the
+    fast reader (snapshot + batched ``online_read`` + on-demand transform) returns the
+    values ``get_online_features`` returns, column for column."""
+    store = open_store(settings)
+    kinds = listener_kinds(settings)
+    feast = OnlineReader(store)
+    fast = FastOnlineReader(store, EntitySnapshot.load(store))
+    listeners = pd.DataFrame({"listener_id": [kinds.established, kinds.new, "L9999999"]})
+    familiar = feast.read(["listener_familiar:familiar_items"], listeners.iloc[:1])
+    familiar_items = list(familiar["familiar_items"].iloc[0])
+    catalog = pd.read_parquet(WorldPaths(settings.world_dir).items, columns=["item_id"])
+    others = [item for item in catalog["item_id"].astype(str) if item not in familiar_items]
+    items = familiar_items + others[:40] + ["item_not_in_catalog"]
+    rows = pd.DataFrame(
+        {
+            "listener_id": [kinds.established] * len(items) + [kinds.new] * 5 + ["L9999999"] * 5,
+            "item_id": items + others[:5] + others[:5],
+        }
+    )
+    pd.testing.assert_frame_equal(
+        fast.read(LISTENER_FEATURES, listeners), feast.read(LISTENER_FEATURES, listeners)
+    )
+    for _ in range(2):  # the second round reads through the reader's cached plans
+        for shelf in load_shelves(settings.shelves_file):
+            service = store.get_feature_service(shelf.feature_service)
+            pd.testing.assert_frame_equal(fast.read(service, rows), feast.read(service, rows))

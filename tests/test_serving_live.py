@@ -21,7 +21,10 @@ from serving.feature_log import read_feature_log
 from tests.conftest import RedisServer, TrainedWorld, free_port, project_settings, require
 from tests.serving_checks import assert_fast_reads_equal_feast, listener_kinds
 from training.feature_store import OnlineReader, apply_definitions, materialize, open_store
+from training.rankers import load_ranker
+from training.registry import ModelRegistry
 from training.settings import Settings
+from training.train import model_dir
 
 pytestmark = pytest.mark.redis
 
@@ -268,3 +271,38 @@ def test_docs_are_served(live: LiveServer) -> None:
     assert {"/v1/home/{listener_id}", "/v1/rank", "/admin/reload", "/health", "/ready"} <= set(
         paths
     )
+
+
+def test_rollback_reaches_a_running_server(trained_world: TrainedWorld, tmp_path) -> None:
+    """Production v2 is served; after ``rollback`` the server, polling the registry,
+    serves v1 without a restart; a later promote of v2 is picked up the same way."""
+    settings = trained_world.settings.model_copy(
+        update={
+            "registry_dir": tmp_path / "registry",
+            "serve_refresh_seconds": 0.2,
+            "feature_log_sample_rate": 0.0,
+        }
+    )
+    registry = ModelRegistry(settings.model_registry_dir)
+    shelf = "shortcuts"
+    ranker, metadata = load_ranker(model_dir(trained_world.settings, shelf))
+    for version in (1, 2):
+        registry.register(shelf, ranker, metadata)
+        registry.promote(shelf, version, reason=f"test push {version}")
+
+    def served_version(server: LiveServer, wanted: str) -> str:
+        deadline = time.monotonic() + 30
+        while True:
+            shelves = httpx.get(f"{server.url}/ready", timeout=10).json()["shelves"]
+            version = {s["shelf"]: s["version"] for s in shelves}[shelf]
+            if version == wanted or time.monotonic() > deadline:
+                return version
+
+    with LiveServer(settings) as server:
+        assert served_version(server, "v2") == "v2"
+        assert registry.rollback(shelf, reason="test rollback") == 1
+        assert served_version(server, "v1") == "v1"
+        page = _page(server, listener_kinds(settings).established)
+        assert page["shelves"][0]["shelf"] == shelf and not page["shelves"][0]["degraded"]
+        registry.promote(shelf, 2, reason="test push again")
+        assert served_version(server, "v2") == "v2"

@@ -238,6 +238,9 @@ def _checked_model(
         return _heuristic(
             shelf, source, f"model needs features its FeatureService lacks: {missing}"
         )
+    # A request scores a few hundred rows: one thread is faster than waking a pool, and
+    # concurrent requests are the parallelism.
+    ranker.booster_.set_param({"nthread": 1})
     logger.info("shelf %s: model %s (%s)", shelf.name, sha256[:SHA_PREFIX], version)
     return ShelfModel(shelf, ranker, sha256[:SHA_PREFIX], version, False, source)
 

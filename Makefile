@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint redis-server clean
+.PHONY: install demo test lint redis-server chromium clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,24 @@ install: $(INSTALLED)  ## create .venv and install homerec with its test tools
 demo: install  ## the main job end to end on the embedded stores (parquet + SQLite)
 	$(BIN)/homerec demo
 
-redis-server:  ## make sure a real redis-server is installed (Debian package, as root)
-	@command -v redis-server >/dev/null 2>&1 || { \
+# Debian packages the tests need: installed with apt-get when missing (as root).
+define apt_install
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian package redis-server"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    echo "installing Debian package $(2)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	  else \
-	    echo "redis-server is missing: run 'sudo apt-get install redis-server'" >&2; exit 1; \
+	    echo "$(1) is missing: run 'sudo apt-get install $(2)'" >&2; exit 1; \
 	  fi; }
+endef
 
-test: install redis-server  ## the whole suite, Redis integration tests included
+redis-server:  ## make sure a real redis-server is installed (Debian package, as root)
+	$(call apt_install,redis-server,redis-server)
+
+chromium:  ## make sure headless Chromium is installed (the dashboard's browser test)
+	$(call apt_install,chromium,chromium)
+
+test: install redis-server chromium  ## the whole suite, Redis and browser tests included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -10,6 +10,7 @@ Routes::
     POST /v1/rank                caller-chosen items ranked by one shelf's model
     POST /admin/reload           reload store snapshot and models (bearer token; 404 when
                                  no token is configured)
+    GET  /dashboard              manual evaluation page (serving/dashboard.py)
     GET  /docs                   OpenAPI
 
 The lifespan loads everything once (Feast store, entity snapshot, shelves, models,
@@ -50,6 +51,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from serving.dashboard import dashboard_router
 from serving.feature_log import FeatureLog
 from serving.metrics import ServingMetrics
 from serving.ranking import HomeRanker
@@ -411,6 +413,7 @@ def create_app(settings: Settings) -> FastAPI:
         ServingMiddleware, metrics=app.state.metrics, max_body_bytes=settings.serve_max_body_bytes
     )
     app.include_router(router)
+    app.include_router(dashboard_router)
     return app
 
 

@@ -1,11 +1,17 @@
-"""Checks the SQLite and Redis serving tests share: the fast reader's parity with
-``get_online_features``, and listeners of each kind in a trained world."""
+"""What the serving tests share: the app under a real uvicorn, the fast reader's parity
+with ``get_online_features``, and listeners of each kind in a trained world."""
 
+import threading
+import time
 from dataclasses import dataclass
 
+import httpx
 import pandas as pd
+import uvicorn
 
+from serving.app import create_app
 from serving.online_features import EntitySnapshot, FastOnlineReader
+from tests.conftest import free_port
 from training.candidates import LISTENER_FEATURES
 from training.feature_store import OnlineReader, open_store
 from training.schema import WorldPaths
@@ -13,6 +19,35 @@ from training.settings import Settings
 from training.shelves import load_shelves
 
 NEW_LISTENER_DAYS = 30  # try_something_else's audience (shelves.yaml)
+
+
+class LiveServer:
+    """``create_app(settings)`` under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the app on {self.url} did not become ready")
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,10 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import uvicorn
 
-from serving.app import create_app
 from serving.feature_log import read_feature_log
-from tests.conftest import RedisServer, TrainedWorld, free_port, project_settings, require
-from tests.serving_checks import assert_fast_reads_equal_feast, listener_kinds
+from tests.conftest import RedisServer, TrainedWorld, project_settings, require
+from tests.serving_checks import LiveServer, assert_fast_reads_equal_feast, listener_kinds
 from training.feature_store import OnlineReader, apply_definitions, materialize, open_store
 from training.rankers import load_ranker
 from training.registry import ModelRegistry
@@ -29,35 +27,6 @@ from training.train import model_dir
 pytestmark = pytest.mark.redis
 
 TOKEN = "test-admin-token"
-
-
-class LiveServer:
-    """``create_app(settings)`` under uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the app on {self.url} did not become ready")
-
-    def __exit__(self, *exc_info) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

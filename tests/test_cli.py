@@ -10,7 +10,17 @@ from typer.testing import CliRunner
 from tests.conftest import REPO_ROOT, TrainedWorld
 from training.cli import app
 
-COMMANDS = ("world", "features", "train", "evaluate", "demo")
+COMMANDS = (
+    "world",
+    "features",
+    "train",
+    "evaluate",
+    "demo",
+    "gate",
+    "retrain",
+    "sweep",
+    "pipeline",
+)
 
 
 def strict_json(text: str):

@@ -1,9 +1,11 @@
 """The ``homerec`` command line: thin commands over typed functions."""
 
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +22,11 @@ world_app = typer.Typer(
 features_app = typer.Typer(help="Feature tables and the Feast feature store.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(features_app, name="features")
+pipeline_app = typer.Typer(help="The retraining pipeline for Kubeflow.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(pipeline_app, name="pipeline")
+
+logger = logging.getLogger(__name__)
 
 
 Listeners = Annotated[int, typer.Option(min=10, help="Number of listeners.")]
@@ -30,6 +36,60 @@ Seed = Annotated[int, typer.Option(help="Random seed: same seed, same files.")]
 
 def _settings(ctx: typer.Context) -> Settings:
     return ctx.obj
+
+
+EXIT_REFUSED = 1
+"""A gate refused a version (retrain, gate): nothing broke, nothing was pushed."""
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 3
+"""A step failed (retrain, sweep, gate, pipeline): re-running resumes where it stopped."""
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user can fix (bad input or configuration): exit status 2."""
+    from training.gate import GateConfigError
+    from training.rankers import ModelIntegrityError
+    from training.registry import RegistryError
+    from training.retrain import RetrainError
+    from training.shelves import ShelfConfigError
+    from training.sweep import SweepConfigError
+    from training.world_import import WorldImportError
+
+    return (
+        FileNotFoundError,
+        ShelfConfigError,
+        ModelIntegrityError,
+        WorldImportError,
+        RetrainError,
+        GateConfigError,
+        SweepConfigError,
+        RegistryError,
+    )
+
+
+@contextlib.contextmanager
+def _exit_codes(what: str) -> Iterator[None]:
+    """User errors: one line on stderr, exit 2. Any other failure: logged with its
+    traceback, exit 3 (so a scheduler can tell them from a refused gate, exit 1)."""
+    user_errors = _user_errors()
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except user_errors as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from error
+    except Exception as error:
+        logger.exception("%s failed", what)
+        typer.echo(f"error: {what} failed: {error} (re-run to resume)", err=True)
+        raise typer.Exit(EXIT_FAILED) from error
+
+
+Shelves = Annotated[list[str] | None, typer.Option("--shelf", help="Only this shelf (repeatable).")]
+AsOf = Annotated[
+    str | None,
+    typer.Option(help="Cut the world window at this date (YYYY-MM-DD, UTC): events before it."),
+]
 
 
 @app.callback()
@@ -125,12 +185,16 @@ def train(
     ctx: typer.Context,
     shelf: Annotated[list[str] | None, typer.Option(help="Only this shelf (repeatable).")] = None,
 ) -> None:
-    """Build each shelf's training set from Feast and fit its XGBoost ranker."""
+    """Build each shelf's training set from Feast, fit its XGBoost ranker and register it
+    as the shelf's candidate (`homerec gate` pushes it to production if it passes)."""
     from training.train import train_all
 
     for trained in train_all(_settings(ctx), shelf):
         seconds = {name: round(value, 1) for name, value in trained.seconds.items()}
-        typer.echo(f"{trained.shelf}: {trained.model_dir} sha256={trained.sha256[:12]} {seconds}")
+        typer.echo(
+            f"{trained.shelf}: {trained.model_dir} sha256={trained.sha256[:12]} "
+            f"candidate v{trained.version} {seconds}"
+        )
 
 
 @app.command()
@@ -165,8 +229,9 @@ def demo(
     days: Days = DEFAULT_DAYS,
     seed: Seed = DEFAULT_SEED,
 ) -> None:
-    """The main job end to end: world, features, Feast, training, evaluation."""
+    """The main job end to end: world, features, Feast, training, evaluation, gate."""
     from evaluation.report import evaluate_all, format_table
+    from training.gate import describe, gate_candidates
     from training.pipeline import StepTimer, online_sample, prepare_features
     from training.train import train_all
     from training.world import WorldConfig, generate_world
@@ -185,7 +250,107 @@ def demo(
     report = timer.run("evaluate", evaluate_all, settings)
     typer.echo("NDCG@10 on the held-out test window:")
     typer.echo(format_table(report))
+    typer.echo("evaluation gate (candidates that pass become production):")
+    for outcome in timer.run("gate", gate_candidates, settings):
+        typer.echo(describe(outcome))
     typer.echo("step times (s): " + json.dumps({k: round(v, 1) for k, v in timer.seconds.items()}))
+
+
+@app.command()
+def gate(ctx: typer.Context, shelf: Shelves = None) -> None:
+    """Evaluation gate: each shelf's candidate vs floor, production and heuristic on its
+    test window, plus a fresh-process load-and-score check; push those that pass.
+    Exit 0 all passed (or no candidate), 1 a candidate refused."""
+    from training.gate import describe, gate_candidates
+
+    with _exit_codes("gate"):
+        outcomes = gate_candidates(_settings(ctx), shelf)
+    for outcome in outcomes:
+        typer.echo(describe(outcome))
+    if any(outcome.passed is False for outcome in outcomes):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@app.command()
+def retrain(
+    ctx: typer.Context,
+    as_of: AsOf = None,
+    shelf: Shelves = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run every step again, finished or not.")
+    ] = False,
+) -> None:
+    """World window -> features -> training sets -> train -> evaluate -> gate -> push.
+
+    Resumable: finished steps of the same as-of are skipped. Exit 0: pushed, already
+    production or nothing to do; 1: a gate refused a version; 2: bad input; 3: a step
+    failed (re-run to resume)."""
+    from training.retrain import parse_as_of
+    from training.retrain import retrain as run_retrain
+
+    settings = _settings(ctx)
+    with _exit_codes("retrain"):
+        result = run_retrain(settings, parse_as_of(as_of), shelf, force)
+    ran = [name for name in result.seconds if name not in result.skipped]
+    typer.echo(f"run {result.run_id}: {len(ran)} steps ran, {len(result.skipped)} skipped")
+    for name, outcome in result.shelves.items():
+        reasons = outcome.get("reasons") or []
+        detail = f": {'; '.join(reasons)}" if reasons else ""
+        typer.echo(f"{name}: v{outcome['version']} {outcome['status']}{detail}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def sweep(
+    ctx: typer.Context,
+    grid: Annotated[
+        Path | None, typer.Option(help="Sweep file (default: built-in training/sweep.yaml).")
+    ] = None,
+    shelf: Shelves = None,
+    as_of: AsOf = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Hyperparameter grid per shelf: valid NDCG@k of each point; the best is registered
+    as the shelf's candidate (`homerec gate` decides whether it ships)."""
+    from training.retrain import parse_as_of
+    from training.sweep import format_trials
+    from training.sweep import sweep as run_sweep
+
+    with _exit_codes("sweep"):
+        result = run_sweep(_settings(ctx), grid, shelf, parse_as_of(as_of))
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else format_trials(result))
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    ctx: typer.Context,
+    output: Annotated[Path, typer.Option(help="Where to write the pipeline YAML.")] = Path(
+        "homerec_retrain_pipeline.yaml"
+    ),
+    shelf: Shelves = None,
+    image: Annotated[
+        str, typer.Option(help="Container image with homerec[kfp] installed.")
+    ] = "homerec:latest",
+    sweep_grid: Annotated[
+        Path | None,
+        typer.Option("--sweep", help="Compile the sweep pipeline over this grid file instead."),
+    ] = None,
+) -> None:
+    """Compile `homerec retrain` (or a sweep) into a Kubeflow Pipelines v2 YAML file."""
+    try:
+        import kfp  # noqa: F401
+    except ImportError as error:
+        typer.echo("error: kfp is not installed: pip install -e '.[kfp]'", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from error
+    with _exit_codes("pipeline compile"):
+        from training.kfp_pipeline import compile_pipeline
+        from training.retrain import shelf_names
+        from training.sweep import load_grid
+
+        grid = load_grid(sweep_grid) if sweep_grid is not None else None
+        names = shelf_names(_settings(ctx), shelf)
+        written = compile_pipeline(output, names, image, grid)
+    typer.echo(f"wrote {written}")
 
 
 def run() -> None:

@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     registry_dir: Path | None = None
     """Model registry root (default: <data_dir>/registry)."""
 
+    gate_min_ndcg: float = Field(default=0.2, ge=0, le=1)
+    """Evaluation gate (a): a new version's NDCG@k on the test window must reach this floor."""
+    gate_tolerance: float = Field(default=0.01, ge=0, le=1)
+    """Evaluation gate (b): it may trail the production model on the same window by this."""
+    gate_min_lift: float = Field(default=0.0, ge=-1, le=1)
+    """Evaluation gate (c): it must beat the shelf's heuristic by at least this NDCG@k."""
+    gate_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per-shelf gate thresholds, e.g. ``{"shortcuts": {"min_ndcg": 0.5}}`` (JSON in
+    ``HOMEREC_GATE_OVERRIDES``); keys ``min_ndcg``, ``tolerance``, ``min_lift``."""
+    gate_infra_timeout_seconds: float = Field(default=300.0, gt=0)
+    """Evaluation gate (d): bound on the fresh process that loads and scores the model."""
+
     serve_admin_token: SecretStr | None = None
     """Bearer token of ``POST /admin/reload``; unset disables the endpoint."""
     serve_feature_timeout_seconds: float = Field(default=0.25, gt=0)

@@ -5,8 +5,10 @@ Groups (one listener at one snapshot) without any relevant candidate are left ou
 is undefined for them, and training sets keep only groups with a relevant candidate.
 """
 
+import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from evaluation.metrics import catalog_coverage, ndcg_at_k, paired_bootstrap_ci,
 from training.candidates import in_audience
 from training.features import NEW_LISTENER_DAYS
 from training.rankers import load_ranker
-from training.schema import WorldPaths, read_world_meta
+from training.schema import WorldPaths, atomic_write_text, read_world_meta
 from training.settings import Settings
 from training.shelves import Shelf, load_shelves
 from training.train import baseline_ranker, model_dir, training_set_dir
@@ -135,6 +137,18 @@ def evaluate_all(settings: Settings, only: list[str] | None = None) -> dict[str,
     return {
         "shelves": {shelf.name: evaluate_shelf(settings, shelf, with_oracle) for shelf in shelves}
     }
+
+
+def latest_report_path(settings: Settings) -> Path:
+    """Where the latest evaluation report is kept (the dashboard's slices and metrics)."""
+    return settings.data_dir / "evaluation" / "latest.json"
+
+
+def evaluate_and_save(settings: Settings, only: list[str] | None = None) -> dict[str, Any]:
+    """:func:`evaluate_all`, also written (atomically) to :func:`latest_report_path`."""
+    report = evaluate_all(settings, only)
+    atomic_write_text(latest_report_path(settings), json.dumps(report, indent=1) + "\n")
+    return report
 
 
 def format_table(report: Mapping[str, Any]) -> str:

@@ -40,7 +40,9 @@ import pyarrow.dataset as ds
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse
 
+from evaluation.drift_job import latest_report_path as drift_report_path
 from evaluation.report import PRIMARY_K, slice_labels
+from evaluation.report import latest_report_path as evaluation_report_path
 from serving.metrics import ServingMetrics
 from serving.online_features import FastOnlineReader
 from serving.ranking import (
@@ -70,10 +72,6 @@ logger = logging.getLogger(__name__)
 
 PAGE_FILE = "dashboard.html"
 """The page, a resource of the ``serving`` package (shipped in the wheel with it)."""
-EVALUATION_FILE = FilePath("evaluation") / "latest.json"
-"""Under the data dir: the latest ``homerec evaluate --json`` object (slices per shelf)."""
-DRIFT_FILE = FilePath("drift") / "latest.json"
-"""Under the data dir: the latest report ``homerec drift`` wrote."""
 RECENT_PLAYS = 20
 """Plays shown as the listener's recent listening."""
 DIRECTORY_BATCH = 5000
@@ -539,7 +537,7 @@ def _slices(evaluation: Mapping[str, Any]) -> dict[str, Any]:
 def shelf_metrics(settings: Settings, shelves: list[Shelf]) -> dict[str, Any]:
     """Per shelf: versions (model vs baseline NDCG recorded at training) and, from the
     latest evaluation file, test-window NDCG@10 overall and by slice."""
-    evaluation = _read_json(settings.data_dir / EVALUATION_FILE)
+    evaluation = _read_json(evaluation_report_path(settings))
     reports = (evaluation.get("content") or {}).get("shelves") or {}
     key = f"ndcg@{PRIMARY_K}"
     answer = []
@@ -666,6 +664,6 @@ def metrics(ranker: LoadedRanker, settings: AppSettings) -> dict[str, Any]:
 @dashboard_router.get("/api/drift")
 def drift(settings: AppSettings) -> dict[str, Any]:
     """The latest drift report as ``homerec drift`` wrote it (``available`` false if none)."""
-    answer = _read_json(settings.data_dir / DRIFT_FILE)
+    answer = _read_json(drift_report_path(settings))
     content = answer.pop("content", None)
     return answer | {"report": content}

@@ -1,5 +1,6 @@
 """Shared fixtures: small worlds, Feast stores on them, and a real redis-server on loopback."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -113,14 +114,23 @@ def require(binary: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def running_redis(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[RedisServer]:
+    """A started RedisServer in a fresh folder, stopped on exit."""
+    require("redis-server")
+    server = RedisServer(tmp_path_factory.mktemp(name))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server. Missing binary: skipped locally, a failure under CI=true."""
-    require("redis-server")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory, "redis") as server:
+        yield server
 
 
 # --------------------------------------------------------------------------- trained worlds

@@ -23,8 +23,10 @@ import pytest
 
 from evaluation.drift import build_profile
 from evaluation.drift import compare as drift_compare
+from evaluation.drift_job import latest_report_path as drift_report_path
+from evaluation.report import latest_report_path as evaluation_report_path
 from serving.app import create_app
-from serving.dashboard import DRIFT_FILE, EVALUATION_FILE, _read_json
+from serving.dashboard import _read_json
 from tests.conftest import SHORT_WINDOWS, TrainedWorld, project_settings, require
 from tests.serving_checks import LiveServer
 from training.rankers import ShelfRanker, load_ranker
@@ -90,7 +92,7 @@ def _write_drift_report(settings: Settings) -> dict:
     reference = build_profile(training_set.rows["train"], names)
     report = drift_compare(reference, training_set.rows["test"][names], default_threshold=0.05)
     body = report.to_dict()
-    path = settings.data_dir / DRIFT_FILE
+    path = drift_report_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body))
     return body
@@ -121,7 +123,7 @@ def dashboard_settings(trained_world: TrainedWorld, tmp_path_factory) -> Setting
         data_dir, **SHORT_WINDOWS, feature_log_sample_rate=0, serve_refresh_seconds=0
     )
     _register_versions(settings)
-    evaluation = settings.data_dir / EVALUATION_FILE
+    evaluation = evaluation_report_path(settings)
     evaluation.parent.mkdir(parents=True, exist_ok=True)
     evaluation.write_text(json.dumps(trained_world.report))
     _write_drift_report(settings)

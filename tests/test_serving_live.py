@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from serving.feature_log import read_feature_log
-from tests.conftest import RedisServer, TrainedWorld, project_settings, require
+from tests.conftest import RedisServer, TrainedWorld, project_settings, running_redis
 from tests.serving_checks import LiveServer, assert_fast_reads_equal_feast, listener_kinds
 from training.feature_store import OnlineReader, apply_definitions, materialize, open_store
 from training.rankers import load_ranker
@@ -32,11 +32,8 @@ TOKEN = "test-admin-token"
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of this module only: the tests kill and restart it."""
-    require("redis-server")
-    server = RedisServer(tmp_path_factory.mktemp("own-redis"))
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory, "own-redis") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from evaluation.drift_cli import drift_command
 from training.models_cli import models_app
 from training.settings import Settings
 from training.world import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED
@@ -24,6 +25,7 @@ app.add_typer(world_app, name="world")
 app.add_typer(features_app, name="features")
 pipeline_app = typer.Typer(help="The retraining pipeline for Kubeflow.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.command("drift")(drift_command)
 app.add_typer(pipeline_app, name="pipeline")
 
 logger = logging.getLogger(__name__)
@@ -204,9 +206,9 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Model vs heuristic baseline (and oracle) on the held-out test window."""
-    from evaluation.report import evaluate_all, format_table
+    from evaluation.report import evaluate_and_save, format_table
 
-    report = evaluate_all(_settings(ctx), shelf)
+    report = evaluate_and_save(_settings(ctx), shelf)
     typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
 
@@ -230,7 +232,7 @@ def demo(
     seed: Seed = DEFAULT_SEED,
 ) -> None:
     """The main job end to end: world, features, Feast, training, evaluation, gate."""
-    from evaluation.report import evaluate_all, format_table
+    from evaluation.report import evaluate_and_save, format_table
     from training.gate import describe, gate_candidates
     from training.pipeline import StepTimer, online_sample, prepare_features
     from training.train import train_all
@@ -247,7 +249,7 @@ def demo(
     for trained in timer.run("train", train_all, settings):
         seconds = {name: round(value, 1) for name, value in trained.seconds.items()}
         typer.echo(f"trained {trained.shelf} in {seconds} -> {trained.model_dir}")
-    report = timer.run("evaluate", evaluate_all, settings)
+    report = timer.run("evaluate", evaluate_and_save, settings)
     typer.echo("NDCG@10 on the held-out test window:")
     typer.echo(format_table(report))
     typer.echo("evaluation gate (candidates that pass become production):")

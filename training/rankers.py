@@ -23,12 +23,9 @@ metadata. Loading verifies the checksum and the contract against the booster and
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +35,8 @@ import pandas as pd
 import xgboost as xgb
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
+
+from training.schema import atomic_write_bytes
 
 __all__ = [
     "CONTRACT_FILE",
@@ -439,37 +438,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX only; a no-op elsewhere)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path``, fsync it, and rename it over ``path``.
-
-    Readers see either the old file or the complete new one, never a partial write.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(path.parent)
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -512,8 +480,8 @@ def save_ranker(ranker: ShelfRanker, directory: Path, metadata: Mapping[str, Any
     except (TypeError, ValueError) as err:
         raise ValueError(f"metadata cannot be written as strict JSON: {err}") from err
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / MODEL_FILE, raw)
-    _atomic_write(directory / CONTRACT_FILE, (text + "\n").encode("utf-8"))
+    atomic_write_bytes(directory / MODEL_FILE, raw)
+    atomic_write_bytes(directory / CONTRACT_FILE, (text + "\n").encode("utf-8"))
     logger.info(
         "saved ranker to %s (sha256 %s, %d features, best iteration %d)",
         directory,

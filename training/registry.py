@@ -45,11 +45,10 @@ from training.rankers import (
     CONTRACT_FILE,
     ModelIntegrityError,
     ShelfRanker,
-    _atomic_write,
-    _fsync_directory,
     load_ranker,
     save_ranker,
 )
+from training.schema import atomic_write_bytes, fsync_directory
 
 try:  # POSIX: alias updates are serialized across processes with flock.
     import fcntl
@@ -229,23 +228,6 @@ def _is_version_or_none(value: Any) -> bool:
 
 def _empty_aliases() -> dict[str, Any]:
     return {PRODUCTION: None, CANDIDATE: None, "history": []}
-
-
-def _write_once(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data`` atomically, refusing if it already exists: the data
-    goes to a fsynced temp file that is hard-linked to ``path`` (link never overwrites)."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.link(tmp_name, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-    _fsync_directory(path.parent)
 
 
 # --------------------------------------------------------------------------- registry
@@ -433,7 +415,7 @@ class ModelRegistry:
         for _ in range(_MAX_REGISTER_ATTEMPTS):
             version = max(self.version_numbers(record["shelf"]), default=0) + 1
             data = _json_bytes(record | {"version": version}, VERSION_FILE)
-            _atomic_write(staging / VERSION_FILE, data)
+            atomic_write_bytes(staging / VERSION_FILE, data)
             try:
                 os.rename(staging, versions_dir / str(version))
             except OSError as err:
@@ -441,7 +423,7 @@ class ModelRegistry:
                     logger.debug("version %d taken by a concurrent register; retrying", version)
                     continue
                 raise
-            _fsync_directory(versions_dir)
+            fsync_directory(versions_dir)
             return version
         raise RegistryError(
             f"could not allocate a version in {versions_dir} after "
@@ -466,7 +448,7 @@ class ModelRegistry:
         data = _json_bytes(record, f"decision for {shelf} version {version}")
         path = directory / DECISION_FILE
         try:
-            _write_once(path, data)
+            atomic_write_bytes(path, data, exclusive=True)
         except FileExistsError as err:
             raise RegistryError(
                 f"{path}: a decision is already recorded for {shelf} version {version}; "
@@ -493,7 +475,7 @@ class ModelRegistry:
             raise RegistryError(f"{what} must be a JSON object")
         path = directory / PROFILE_FILE
         try:
-            _write_once(path, profile_json.encode("utf-8"))
+            atomic_write_bytes(path, profile_json.encode("utf-8"), exclusive=True)
         except FileExistsError as err:
             raise RegistryError(
                 f"{path}: a profile is already recorded for {shelf} version {version}; "
@@ -638,7 +620,7 @@ class ModelRegistry:
             moved = [name for name in ALIASES if before[name] != after[name]]
             if not moved and before["history"] == after["history"]:
                 return after
-            _atomic_write(self._aliases_path(shelf), _json_bytes(after, ALIASES_FILE))
+            atomic_write_bytes(self._aliases_path(shelf), _json_bytes(after, ALIASES_FILE))
             timestamp = _now()
             lines = []
             for name in moved:

@@ -248,7 +248,9 @@ def _train(run: Run, shelf: Shelf) -> dict[str, Any]:
         ranker = fit_ranker(training_set)
         extra = {"run": run.run_id, "training_set": built["directory"]}
         metadata = training_metadata(shelf, training_set, ranker, extra)
-        record, created = register_candidate(registry, shelf.name, ranker, metadata)
+        record, created = register_candidate(
+            registry, shelf.name, ranker, metadata, training_set.rows["train"]
+        )
     return {"version": record.version, "registered": created, "sha256": record.sha256}
 
 

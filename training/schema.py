@@ -105,17 +105,39 @@ def read_world_meta(paths: WorldPaths) -> dict[str, Any]:
     return json.loads(paths.meta.read_text())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and rename: readers never see half a file."""
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or link in ``directory`` durable (POSIX only; a no-op elsewhere)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` through a fsynced temp file beside it, renamed over
+    ``path`` (readers see the old file or the whole new one, never part of one). With
+    ``exclusive`` the temp file is hard-linked instead, which never replaces: an existing
+    ``path`` raises FileExistsError and is left as it was (write-once records)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        (os.link if exclusive else os.replace)(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+    fsync_directory(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_world_meta(paths: WorldPaths, meta: Mapping[str, Any]) -> None:

@@ -146,7 +146,9 @@ def register_best(
     extra = {"sweep": sweep, "training_set": directory}
     metadata = training_metadata(target, training_set, ranker, extra)
     registry = ModelRegistry(settings.model_registry_dir)
-    record, created = register_candidate(registry, shelf, ranker, metadata)
+    record, created = register_candidate(
+        registry, shelf, ranker, metadata, training_set.rows["train"]
+    )
     return {"shelf": shelf, "version": record.version, "registered": created, "best": best}
 
 

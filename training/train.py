@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
+from evaluation.drift_job import save_reference_profile
 from evaluation.metrics import ndcg_at_k
 from training.feature_store import open_store, world_window
 from training.rankers import HeuristicRanker, Ranker, ShelfRanker, save_ranker
@@ -151,11 +152,17 @@ def find_version(
 
 
 def register_candidate(
-    registry: ModelRegistry, shelf: str, ranker: ShelfRanker, metadata: Mapping[str, Any]
+    registry: ModelRegistry,
+    shelf: str,
+    ranker: ShelfRanker,
+    metadata: Mapping[str, Any],
+    training_rows: pd.DataFrame,
 ) -> tuple[ModelVersion, bool]:
     """Register ``ranker`` as the shelf's ``candidate``: ``(version, newly registered)``.
 
-    A version with the same data hash and parameters is reused instead of duplicated; it
+    A new version gets the reference profile of its features over ``training_rows`` (the
+    train window it was fitted on), which drift checks compare served features with. A
+    version with the same data hash and parameters is reused instead of duplicated; it
     becomes the candidate unless it is already production (then no alias moves).
     """
     params = ranker.get_params(deep=False)
@@ -167,9 +174,10 @@ def register_candidate(
             shelf,
             existing.version,
         )
-    if existing is not None:
         return mark_candidate(registry, existing), False
-    return mark_candidate(registry, registry.register(shelf, ranker, metadata)), True
+    record = registry.register(shelf, ranker, metadata)
+    save_reference_profile(registry, shelf, record.version, training_rows, ranker.feature_names_)
+    return mark_candidate(registry, record), True
 
 
 def mark_candidate(registry: ModelRegistry, record: ModelVersion) -> ModelVersion:
@@ -196,7 +204,11 @@ def train_shelf(
     fitted = time.perf_counter()
     metadata = training_metadata(shelf, training_set, ranker, {"training_set": str(directory)})
     sha256 = save_ranker(ranker, model_dir(settings, shelf.name), metadata)
-    version = register_candidate(registry, shelf.name, ranker, metadata)[0] if registry else None
+    version = (
+        register_candidate(registry, shelf.name, ranker, metadata, training_set.rows["train"])[0]
+        if registry
+        else None
+    )
     seconds = {"training set": built - started, "fit": fitted - built}
     logger.info(
         "%s: trained in %.1f s (set %.1f s), valid ndcg@%d %.4f vs baseline %.4f",

@@ -162,11 +162,20 @@ def features_apply(ctx: typer.Context) -> None:
 
 
 @features_app.command("materialize")
-def features_materialize(ctx: typer.Context) -> None:
+def features_materialize(
+    ctx: typer.Context,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="Reload the whole world window (after tables were rebuilt over it)."
+        ),
+    ] = False,
+) -> None:
     """Load the online store up to the end of the world (incremental after the first run)."""
     from training.feature_store import materialize
 
-    typer.echo(f"materialized up to {materialize(_settings(ctx)).isoformat()}")
+    end = materialize(_settings(ctx), incremental=not full)
+    typer.echo(f"materialized up to {end.isoformat()}")
 
 
 @features_app.command("sample")

@@ -19,6 +19,7 @@ machine): fetch a ≤ 2× c and b ≥ 10× a; /v1/home p99 ≤ 30 ms; zero error
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -285,8 +286,9 @@ def run(data_dir: Path, requests: int, candidates: int) -> dict:
             shelves_file=shelves_file,
         )
         started = time.perf_counter()
-        apply_definitions(settings)
-        materialize(settings, incremental=False)
+        with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress: keep stdout JSON
+            apply_definitions(settings)
+            materialize(settings, incremental=False)
         setup_seconds = time.perf_counter() - started
         app_process, url = _start_app({**os.environ, **env})
         client = redis.Redis(host="127.0.0.1", port=port)

@@ -9,6 +9,7 @@ at every date; both are scored on each date's held-out test window
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -47,7 +48,8 @@ def main() -> None:
             WorldConfig(listeners=args.listeners, days=args.days, seed=args.seed),
             settings.world_dir,
         )
-        prepare_features(settings)
+        with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress: keep stdout JSON
+            prepare_features(settings)
     else:
         settings = Settings(data_dir=args.data_dir, feature_repo=REPO / "feature_repo")
     start, end = world_window(settings)

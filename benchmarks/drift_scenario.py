@@ -1,6 +1,7 @@
 """Drift end to end with the real commands: serve, log, ``homerec drift``; then a unit bug.
 
-On a copy of a trained data directory (``make demo``'s ``data/`` by default):
+On a copy of a trained data directory (``make demo``'s ``data/`` by default; the copy is
+re-applied so Feast's sources name its own tables):
 
 1. ``homerec serve`` (every request's features logged) answers ``/v1/home`` for a sample
    of listeners; on shutdown the log is flushed; ``homerec drift --json`` compares it with
@@ -101,6 +102,8 @@ def run(source: Path, requests: int) -> dict:
         "HOMEREC_FEATURE_LOG_SAMPLE_RATE": "1.0",
         "HOMEREC_SERVE_REFRESH_SECONDS": "0",
     }
+    # The registry names the offline sources by path: point them at the copy.
+    _check(_homerec(env, "features", "apply"), "features apply")
     world = data_dir / "world"
     listeners = pd.read_parquet(world / "listeners.parquet")["listener_id"].astype(str)
     sample = listeners.sample(min(requests, len(listeners)), random_state=0).tolist()

@@ -1,7 +1,7 @@
 """Drift end to end with the real commands: serve, log, ``homerec drift``; then a unit bug.
 
-On a copy of a trained data directory (``make demo``'s ``data/`` by default; the copy is
-re-applied so Feast's sources name its own tables):
+On a copy of a trained data directory (``make demo``'s ``data/`` by default), with a Feast
+registry and online store of its own (applied and materialized):
 
 1. ``homerec serve`` (every request's features logged) answers ``/v1/home`` for a sample
    of listeners; on shutdown the log is flushed; ``homerec drift --json`` compares it with
@@ -94,7 +94,9 @@ def _check(done: subprocess.CompletedProcess, what: str) -> None:
 def run(source: Path, requests: int) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="homerec-drift-"))
     data_dir = workdir / "data"
-    shutil.copytree(source, data_dir, ignore=shutil.ignore_patterns("served_features", "drift"))
+    shutil.copytree(  # without feast/: the copy gets a registry and online store of its own
+        source, data_dir, ignore=shutil.ignore_patterns("feast", "served_features", "drift")
+    )
     env = {
         **os.environ,
         "HOMEREC_DATA_DIR": str(data_dir),
@@ -102,8 +104,8 @@ def run(source: Path, requests: int) -> dict:
         "HOMEREC_FEATURE_LOG_SAMPLE_RATE": "1.0",
         "HOMEREC_SERVE_REFRESH_SECONDS": "0",
     }
-    # The registry names the offline sources by path: point them at the copy.
     _check(_homerec(env, "features", "apply"), "features apply")
+    _check(_homerec(env, "features", "materialize"), "features materialize")
     world = data_dir / "world"
     listeners = pd.read_parquet(world / "listeners.parquet")["listener_id"].astype(str)
     sample = listeners.sample(min(requests, len(listeners)), random_state=0).tolist()

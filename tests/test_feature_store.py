@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 
 from tests.conftest import SMALL_WORLD, project_settings
-from training.feature_store import apply_definitions, materialize, open_store, world_window
+from training.feature_store import (
+    ForeignRegistryError,
+    apply_definitions,
+    materialize,
+    open_store,
+    world_window,
+)
 from training.features import build_features
 from training.settings import Settings
 from training.world import generate_world
@@ -167,7 +173,10 @@ def test_rebuilt_tables_are_reloaded_whole(small_world_store: Settings, tmp_path
     materialize has nothing new to load (the online store keeps the old world), while
     the full reload the pipeline does serves the new values."""
     settings = project_settings(tmp_path / "data")
-    shutil.copytree(small_world_store.data_dir, settings.data_dir)
+    shutil.copytree(small_world_store.world_dir, settings.world_dir)
+    shutil.copytree(small_world_store.features_dir, settings.features_dir)
+    apply_definitions(settings)
+    materialize(settings)
     generate_world(replace(SMALL_WORLD, seed=SMALL_WORLD.seed + 1), settings.world_dir)
     build_features(settings.world_dir, settings.features_dir)
     apply_definitions(settings)
@@ -176,3 +185,16 @@ def test_rebuilt_tables_are_reloaded_whole(small_world_store: Settings, tmp_path
         assert_online_equals_offline(settings)
     materialize(settings, incremental=False)
     assert_online_equals_offline(settings)
+
+
+def test_a_registry_copied_from_another_data_dir_is_not_applied(
+    small_world_store: Settings, tmp_path
+):
+    """Feast's apply drops the online tables of infrastructure it no longer plans: applying
+    a registry copied with its data directory would empty the original's store. homerec
+    refuses, naming the other store, and the original keeps serving."""
+    settings = project_settings(tmp_path / "data")
+    shutil.copytree(small_world_store.data_dir, settings.data_dir)
+    with pytest.raises(ForeignRegistryError, match="belongs to another data directory"):
+        apply_definitions(settings)
+    assert_online_equals_offline(small_world_store)

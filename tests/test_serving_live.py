@@ -42,8 +42,11 @@ def redis_settings(
 ) -> Settings:
     """A copy of the trained world, applied and materialized into the real redis-server."""
     data_dir = tmp_path_factory.mktemp("live") / "data"
-    shutil.copytree(trained_world.settings.data_dir, data_dir)
-    shutil.rmtree(data_dir / "served_features", ignore_errors=True)
+    shutil.copytree(  # without feast/: a registry of its own (see apply_definitions)
+        trained_world.settings.data_dir,
+        data_dir,
+        ignore=shutil.ignore_patterns("feast", "served_features"),
+    )
     settings = project_settings(
         data_dir,
         online_store="redis",

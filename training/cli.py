@@ -366,6 +366,7 @@ def pipeline_compile(
 
 def run() -> None:
     """Console entry point: errors a user can fix print one line and exit with status 2."""
+    from training.feature_store import ForeignRegistryError
     from training.rankers import ModelIntegrityError
     from training.shelves import ShelfConfigError
     from training.world_import import WorldImportError
@@ -373,8 +374,15 @@ def run() -> None:
     # XGBoost's OpenMP threads otherwise spin while waiting; on a busy 2-core machine that
     # makes training many times slower for identical models.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    user_errors = (
+        FileNotFoundError,
+        ForeignRegistryError,
+        ShelfConfigError,
+        ModelIntegrityError,
+        WorldImportError,
+    )
     try:
         app()
-    except (FileNotFoundError, ShelfConfigError, ModelIntegrityError, WorldImportError) as error:
+    except user_errors as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)

@@ -108,9 +108,38 @@ def _declarations_environment(settings: Settings):
             os.environ[DATA_DIR_ENV] = previous
 
 
+class ForeignRegistryError(ValueError):
+    """The Feast registry was copied from another data directory."""
+
+
+def _foreign_online_stores(store: FeatureStore, settings: Settings) -> list[str]:
+    """SQLite online stores the registry's infrastructure names outside this data
+    directory. Feast's apply tears down infrastructure it no longer plans, so applying a
+    registry copied from another data directory would drop that directory's tables."""
+    own = (settings.feast_dir / "online_store.db").resolve()
+    repo = Path(store.repo_path)
+    try:
+        objects = store.registry.get_infra(store.project).infra_objects
+    except Exception:  # no registry yet, or no infrastructure recorded: nothing to protect
+        return []
+    paths = {(repo / obj.path).resolve() for obj in objects if getattr(obj, "path", None)}
+    return sorted(str(path) for path in paths if path != own)
+
+
 def apply_definitions(settings: Settings) -> FeatureStore:
-    """``feast apply`` of feature_repo/ against the settings' registry and online store."""
+    """``feast apply`` of feature_repo/ against the settings' registry and online store.
+
+    Refuses (ForeignRegistryError) a registry whose SQLite online store lies in another
+    data directory: the apply would drop that store's tables."""
     store = open_store(settings)
+    foreign = _foreign_online_stores(store, settings)
+    if foreign:
+        raise ForeignRegistryError(
+            f"the Feast registry in {settings.feast_dir} belongs to another data directory "
+            f"(its online store is {', '.join(foreign)}); applying here would drop that "
+            f"store's tables. Copy a data directory without its feast/ folder, then run "
+            "`homerec features apply` and `homerec features materialize`."
+        )
     with _declarations_environment(settings) as repo:
         contents = parse_repo(repo)
         apply_total_with_repo_instance(

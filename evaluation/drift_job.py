@@ -46,9 +46,11 @@ from evaluation.drift import (
     profile_on,
 )
 from serving.feature_log import LOG_COLUMNS, read_feature_log
+from training.candidates import audience_rows
 from training.registry import PRODUCTION, PROFILE_FILE, ModelRegistry, RegistryError
 from training.schema import atomic_write_text
 from training.settings import Settings
+from training.shelves import Shelf, load_shelves, shelf_by_name
 from training.training_sets import TrainingSet, load_training_set
 
 __all__ = [
@@ -159,8 +161,9 @@ def save_reference_profile(
     training_rows: pd.DataFrame,
     feature_names: Sequence[str] | None = None,
 ) -> Path:
-    """Profile ``training_rows`` (the train window the version was fitted on) over the
-    version's features and record it with the version, once; returns the file's path.
+    """Profile ``training_rows`` (the train-window rows of the shelf's audience: the
+    population the version is served to) over the version's features and record it with
+    the version, once; returns the file's path.
 
     ``feature_names`` default to the version's feature contract and, when given, must equal
     it: a profile over other features could not be compared with what the model is served.
@@ -177,10 +180,15 @@ def save_reference_profile(
 
 
 def _rebuild_profile(
-    registry: ModelRegistry, shelf: str, version: int, training_dir: Path
+    registry: ModelRegistry,
+    shelf: str,
+    version: int,
+    training_dir: Path,
+    audience: Shelf | None = None,
 ) -> Profile:
     """The reference of a version registered without one, from the saved training set when
-    its data hash proves it is the version's; recorded so the next run reads it."""
+    its data hash proves it is the version's (its ``audience``'s rows, as training records
+    it); recorded so the next run reads it."""
     record = registry.get(shelf, version)
     missing = f"{shelf} version {version} has no reference profile ({record.path / PROFILE_FILE})"
     if not (training_dir / "training_set.json").exists():
@@ -197,7 +205,9 @@ def _rebuild_profile(
     )
     path = record.path / PROFILE_FILE
     try:
-        save_reference_profile(registry, shelf, version, training_set.rows["train"])
+        train = training_set.rows["train"]
+        rows = train if audience is None else audience_rows(audience, train)
+        save_reference_profile(registry, shelf, version, rows)
     except RegistryError:
         if not path.exists():  # another run recording it meanwhile is fine
             raise
@@ -209,12 +219,14 @@ def reference_profile(
     shelf: str,
     version_or_alias: str | int = PRODUCTION,
     training_dir: Path | None = None,
+    audience: Shelf | None = None,
 ) -> Profile:
     """The reference profile recorded with a version (by number or alias).
 
     When none is recorded and ``training_dir`` is given, it is rebuilt from the training
-    set saved there if that set's data hash equals the version's (and then recorded);
-    otherwise DriftJobError says what is missing. Registry lookups raise RegistryError.
+    set saved there (the rows of ``audience``, the shelf, when given) if that set's data
+    hash equals the version's (and then recorded); otherwise DriftJobError says what is
+    missing. Registry lookups raise RegistryError.
     """
     version = registry.resolve(shelf, version_or_alias)
     path = registry.get(shelf, version).path / PROFILE_FILE
@@ -225,7 +237,7 @@ def reference_profile(
             f"{shelf} version {version} has no reference profile ({path}); record one with "
             "evaluation.drift_job.save_reference_profile after registering the version"
         )
-    return _rebuild_profile(registry, shelf, version, training_dir)
+    return _rebuild_profile(registry, shelf, version, training_dir, audience)
 
 
 # --------------------------------------------------------------------------- windows
@@ -340,7 +352,8 @@ def check_shelf(
     registry = ModelRegistry(settings.model_registry_dir)
     version = registry.resolve(shelf, PRODUCTION)
     training_dir = training_set_dir(settings, shelf)
-    reference = reference_profile(registry, shelf, version, training_dir)
+    audience = shelf_by_name(load_shelves(settings.shelves_file), shelf)
+    reference = reference_profile(registry, shelf, version, training_dir, audience)
     rows = served_rows(settings.served_features_dir, shelf, since, until)
     rows = rows.drop(columns=[c for c in LOG_COLUMNS if c in rows and c not in reference.features])
     report = compare(reference, rows, config.thresholds_for(reference), config.default_threshold)

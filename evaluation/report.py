@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.metrics import catalog_coverage, ndcg_at_k, paired_bootstrap_ci, summarize
-from training.candidates import in_audience
+from training.candidates import audience_rows
 from training.features import NEW_LISTENER_DAYS
 from training.rankers import load_ranker
 from training.schema import WorldPaths, atomic_write_text, read_world_meta
@@ -109,7 +109,7 @@ def compare(frame: pd.DataFrame, scores: Mapping[str, np.ndarray], seed: int = 0
 def evaluate_shelf(settings: Settings, shelf: Shelf, with_oracle: bool) -> dict[str, Any]:
     """All metrics of one shelf on its held-out test window."""
     test = load_training_set(training_set_dir(settings, shelf.name)).rows["test"]
-    test = test[in_audience(shelf, test["account_age_days"])].reset_index(drop=True)
+    test = audience_rows(shelf, test)
     model, _ = load_ranker(model_dir(settings, shelf.name))
     scores = {"model": model.predict(test), "baseline": baseline_ranker(shelf).predict(test)}
     if with_oracle:

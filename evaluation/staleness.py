@@ -14,7 +14,7 @@ from datetime import datetime
 
 from feast import FeatureStore
 
-from training.candidates import in_audience
+from training.candidates import audience_rows
 from training.feature_store import open_store
 from training.rankers import ShelfRanker
 from training.settings import Settings
@@ -65,8 +65,7 @@ def staleness_study(
             training_set = _training_set(settings, store, shelf, as_of)
             retrained = fit_ranker(training_set)
             stale = stale or retrained
-            test = training_set.rows["test"]
-            test = test[in_audience(shelf, test["account_age_days"])]
+            test = audience_rows(shelf, training_set.rows["test"])
             row = StalenessRow(
                 shelf=shelf.name,
                 as_of=as_of.isoformat(),

@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from evaluation.drift import build_profile
+from evaluation.drift import build_profile, load_profile
 from evaluation.drift_cli import drift_command
 from evaluation.drift_job import (
     DriftConfig,
@@ -32,9 +32,11 @@ from evaluation.drift_job import (
 from serving.feature_log import LOG_COLUMNS, FeatureLog, read_feature_log
 from tests.conftest import TrainedWorld
 from tests.test_drift import loopback  # noqa: F401  (the loopback webhook server fixture)
+from training.candidates import audience_rows
 from training.rankers import load_ranker
-from training.registry import PRODUCTION, ModelRegistry, RegistryError
+from training.registry import PRODUCTION, PROFILE_FILE, ModelRegistry, RegistryError
 from training.settings import Settings
+from training.shelves import load_shelves, shelf_by_name
 from training.training_sets import load_training_set
 
 SHELF = "shows_you_might_like"
@@ -367,3 +369,19 @@ def test_webhook_gets_the_report_on_breach_only(cli, settings, train_rows, featu
     result = cli("--shelf", SHELF, *WINDOW, "--webhook", f"{url}/hook/secret")
     assert result.exit_code == 1 and "HTTP 500" in result.stderr
     assert "secret" not in result.stderr
+
+
+def test_training_profiles_the_audience_it_serves(trained_world: TrainedWorld) -> None:
+    """try_something_else trains on every listener but is served to new ones only: the
+    reference profile recorded at registration covers its audience's train rows."""
+    settings = trained_world.settings
+    shelf = shelf_by_name(load_shelves(), "try_something_else")
+    registry = ModelRegistry(settings.model_registry_dir)
+    record = registry.get(shelf.name, 1)
+    training_set = load_training_set(training_set_dir(settings, shelf.name))
+    assert training_set.data_hash == record.data_hash
+    train = training_set.rows["train"]
+    profile = load_profile(record.path / PROFILE_FILE)
+    assert profile.rows == len(audience_rows(shelf, train)) < len(train)
+    ages = profile.features["account_age_days"]
+    assert ages.edges[-1] <= shelf.audience.max_account_age_days

@@ -284,6 +284,12 @@ def in_audience(shelf: Shelf, account_age_days: pd.Series) -> np.ndarray:
     return (age.isna() | (age <= limit)).to_numpy()
 
 
+def audience_rows(shelf: Shelf, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows (with ``account_age_days``) of requests in the shelf's audience, renumbered:
+    what the shelf is served to, so what it is evaluated on and profiled over."""
+    return rows[in_audience(shelf, rows["account_age_days"])].reset_index(drop=True)
+
+
 def generate_candidates(shelf: Shelf, inputs: CandidateInputs) -> pd.DataFrame:
     """Candidates of ``shelf`` for every request in ``inputs``.
 

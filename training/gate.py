@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from training.candidates import generate_candidates, in_audience, read_candidate_inputs
+from training.candidates import audience_rows, generate_candidates, read_candidate_inputs
 from training.feature_store import OnlineReader, open_store
 from training.rankers import ModelIntegrityError, load_ranker
 from training.registry import CANDIDATE, PRODUCTION, ModelRegistry, RegistryError
@@ -100,7 +100,7 @@ def evaluation_frame(directory: Path, shelf: Shelf) -> pd.DataFrame:
     """The test window of the training set in ``directory``, restricted to the shelf's
     audience: the rows every version of the shelf is compared on."""
     test = load_training_set(directory).rows["test"]
-    return test[in_audience(shelf, test["account_age_days"])].reset_index(drop=True)
+    return audience_rows(shelf, test)
 
 
 def _window(frame: pd.DataFrame) -> dict[str, Any]:

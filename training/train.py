@@ -22,6 +22,7 @@ from feast import FeatureStore
 
 from evaluation.drift_job import save_reference_profile
 from evaluation.metrics import ndcg_at_k
+from training.candidates import audience_rows
 from training.feature_store import open_store, world_window
 from training.rankers import HeuristicRanker, Ranker, ShelfRanker, save_ranker
 from training.registry import CANDIDATE, PRODUCTION, ModelRegistry, ModelVersion
@@ -161,7 +162,8 @@ def register_candidate(
     """Register ``ranker`` as the shelf's ``candidate``: ``(version, newly registered)``.
 
     A new version gets the reference profile of its features over ``training_rows`` (the
-    train window it was fitted on), which drift checks compare served features with. A
+    train-window rows of the shelf's audience: the population it is served to), which
+    drift checks compare served features with. A
     version with the same data hash and parameters is reused instead of duplicated; it
     becomes the candidate unless it is already production (then no alias moves).
     """
@@ -205,7 +207,9 @@ def train_shelf(
     metadata = training_metadata(shelf, training_set, ranker, {"training_set": str(directory)})
     sha256 = save_ranker(ranker, model_dir(settings, shelf.name), metadata)
     version = (
-        register_candidate(registry, shelf.name, ranker, metadata, training_set.rows["train"])[0]
+        register_candidate(
+            registry, shelf.name, ranker, metadata, audience_rows(shelf, training_set.rows["train"])
+        )[0]
         if registry
         else None
     )

@@ -8,8 +8,9 @@ feature views, FeatureServices and on-demand views two cheaper ways:
   neighbours, popular per segment, editorial per market) are the same for every request.
   :class:`EntitySnapshot` reads each of them once, with ``get_online_features`` itself, for
   every entity id of the view's offline source, and keeps the frames in memory. Its
-  ``version`` is the views' latest materialization end in the Feast registry: a later
-  materialization makes it stale (:meth:`EntitySnapshot.is_current`) and serving reloads.
+  ``version`` is the views' materialization record in the Feast registry (latest end and
+  number of loads): any later materialization, including a full reload over the same
+  window, makes it stale (:meth:`EntitySnapshot.is_current`) and serving reloads.
 * **Per-request views** (the listener's profile and familiar items, listener × item
   pairs): one batched ``online_read`` of Feast's online store per view (SQLite or Redis),
   values decoded as ``OnlineResponse`` decodes them.
@@ -22,7 +23,6 @@ parity test checks that :class:`FastOnlineReader` returns the values ``OnlineRea
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -99,18 +99,21 @@ def _is_snapshotted(view: FeatureView) -> bool:
 # --------------------------------------------------------------------------- snapshot
 
 
-def _materialized_until(view: FeatureView) -> datetime | None:
+def _materialization(view: FeatureView) -> str:
+    """When the view was last materialized up to, and how many loads it has had: a full
+    reload over the same window (rebuilt tables) ends where the last one did, so the end
+    alone would not tell the snapshot is stale."""
     intervals = view.materialization_intervals
-    return max(end for _, end in intervals) if intervals else None
+    if not intervals:
+        return "never"
+    return f"{max(end for _, end in intervals).isoformat()}#{len(intervals)}"
 
 
 def snapshot_version(store: FeatureStore, views: Iterable[str]) -> str:
     """The materialization state of ``views`` in the registry, as one comparable string."""
-    parts = []
-    for name in sorted(views):
-        until = _materialized_until(store.get_feature_view(name))
-        parts.append(f"{name}@{until.isoformat() if until else 'never'}")
-    return ";".join(parts)
+    return ";".join(
+        f"{name}@{_materialization(store.get_feature_view(name))}" for name in sorted(views)
+    )
 
 
 def _source_ids(view: FeatureView, repo_path: Path) -> pd.DataFrame:

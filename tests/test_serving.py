@@ -6,6 +6,7 @@ load_ranker)."""
 
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,13 @@ from training.candidates import (
     generate_candidates,
     read_candidate_inputs,
 )
-from training.feature_store import OnlineReader, open_store
+from training.feature_store import (
+    OnlineReader,
+    apply_definitions,
+    materialize,
+    open_store,
+    world_window,
+)
 from training.rankers import load_ranker
 from training.schema import WorldPaths
 from training.shelves import load_shelves, shelf_by_name
@@ -309,6 +316,25 @@ def test_feature_read_failure_degrades_shelves_not_the_page(
 
 
 # --------------------------------------------------------------------------- parity
+
+
+def test_snapshot_is_stale_after_any_later_materialization(small_world_store, tmp_path) -> None:
+    """An incremental load past the snapshot and a full reload over the same window (tables
+    rebuilt) both make the entity snapshot stale, so serving reloads it."""
+    settings = project_settings(tmp_path / "data")
+    shutil.copytree(small_world_store.world_dir, settings.world_dir)
+    shutil.copytree(small_world_store.features_dir, settings.features_dir)
+    apply_definitions(settings)
+    _, end = world_window(settings)
+    materialize(settings, end=end - timedelta(days=1))
+    store = open_store(settings)
+    snapshot = online_features.EntitySnapshot.load(store)
+    assert snapshot.is_current(store)
+    materialize(settings)
+    assert not snapshot.is_current(store)
+    snapshot = online_features.EntitySnapshot.load(store)
+    materialize(settings, incremental=False)
+    assert not snapshot.is_current(store)
 
 
 def test_fast_reads_equal_get_online_features_on_sqlite(trained_world: TrainedWorld) -> None:

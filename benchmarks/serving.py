@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 
 from serving.online_features import EntitySnapshot, FastOnlineReader
 from serving.ranking import HomeRanker
+from training.candidates import generate_candidates, read_candidate_inputs
 from training.feature_store import OnlineReader, apply_definitions, materialize, open_store
 from training.schema import WorldPaths
 from training.settings import Settings
@@ -58,8 +60,6 @@ LINKED = ("world", "features", "models", "registry")
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -249,8 +249,6 @@ def http_latency(url: str, settings: Settings, requests: int) -> dict:
 def candidate_counts(settings: Settings, listeners: list[str]) -> dict[str, float]:
     """Mean candidates stage 1 gives each shelf, for the benchmark's listeners."""
     ranker = HomeRanker.load(settings)
-    from training.candidates import generate_candidates, read_candidate_inputs
-
     requests = pd.DataFrame({"group": range(len(listeners)), "listener_id": listeners})
     inputs = read_candidate_inputs(ranker.reader, requests, ranker.shelves)
     return {

@@ -32,7 +32,7 @@ from evaluation.drift_job import (
 from training.settings import Settings
 from training.shelves import load_shelves
 
-__all__ = ["DEFAULT_WINDOW", "drift_command", "format_run"]
+__all__ = ["DEFAULT_WINDOW", "drift_command", "format_run", "summary_lines"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,25 @@ def format_run(run: DriftRun) -> str:
     if run.errors:
         lines.append(f"not checked: {', '.join(run.errors)} (see errors)")
     return "\n".join(lines)
+
+
+def summary_lines(run: DriftRun) -> list[str]:
+    """One line per shelf: rows compared, the largest distance and any drifted features."""
+    lines = []
+    for shelf, result in run.shelves.items():
+        report = result.report
+        worst = max(report.features, key=lambda f: f.distance, default=None)
+        largest = (
+            "-" if worst is None else f"{worst.name} {worst.distance:.3f} (<= {worst.threshold})"
+        )
+        drifted = ", ".join(report.drifted_features) or "none"
+        lines.append(
+            f"{shelf} v{result.model_version}: {report.current_rows} served rows vs"
+            f" {report.reference_rows} training rows; largest distance {largest};"
+            f" drifted: {drifted}"
+        )
+    lines += [f"{shelf}: not checked: {message}" for shelf, message in run.errors.items()]
+    return lines
 
 
 def _shelves(settings: Settings, shelf: str | None) -> list[str]:

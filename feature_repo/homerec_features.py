@@ -88,6 +88,8 @@ item_stats = FeatureView(
 )
 
 # How familiar a listener is with an item: plays and recency (what Shortcuts ranks on).
+# Like every feature it looks back 28 days at most ("first play": the first in 28 days), so
+# a feature means the same in training and serving however long the log behind it is.
 listener_item = FeatureView(
     name="listener_item",
     entities=[listener, item],
@@ -95,11 +97,10 @@ listener_item = FeatureView(
     schema=[
         Field(name="pair_plays_7d", dtype=Int64),
         Field(name="pair_plays_28d", dtype=Int64),
-        Field(name="pair_plays_total", dtype=Int64),
         Field(name="pair_minutes_28d", dtype=Float64),
         Field(name="pair_days_since_last_play", dtype=Float64),
-        Field(name="pair_days_since_first_play", dtype=Float64),
-        Field(name="pair_plays_per_day", dtype=Float64),
+        Field(name="pair_days_since_first_play_28d", dtype=Float64),
+        Field(name="pair_plays_per_day_28d", dtype=Float64),
         Field(name="pair_share_28d", dtype=Float64),
     ],
     source=snapshot_source("listener_item"),

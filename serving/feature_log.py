@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,7 +120,7 @@ class FeatureLog:
         for batch in batches:
             by_shelf.setdefault(batch.shelf, []).append(batch.frame)
         for shelf, frames in by_shelf.items():
-            frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+            frame = frames[0] if len(frames) == 1 else _concat(frames)
             for start in range(0, len(frame), self.batch_rows):
                 self._write_file(shelf, frame.iloc[start : start + self.batch_rows])
 
@@ -162,6 +163,15 @@ class FeatureLog:
             self._closed = True
             self._lock.notify()
         self._writer.join()
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Frames of one shelf, one after another. They share the dtypes of the shelf's
+    contract, so pandas' warning about all-null columns changing result dtypes in a future
+    release does not apply (a shelf's pair features are all null on a discovery page)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The behavior of DataFrame concatenation", FutureWarning)
+        return pd.concat(frames, ignore_index=True)
 
 
 def read_feature_log(directory: Path, shelf: str | None = None) -> pd.DataFrame:

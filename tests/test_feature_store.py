@@ -20,7 +20,7 @@ from training.settings import Settings
 from training.world import generate_world
 
 PROFILE_FIELDS = ["plays_7d_show", "plays_28d_album", "days_since_last_play", "minutes_28d"]
-PAIR_FIELDS = ["pair_plays_28d", "pair_plays_total", "pair_days_since_last_play"]
+PAIR_FIELDS = ["pair_plays_28d", "pair_days_since_first_play_28d", "pair_days_since_last_play"]
 
 
 def offline_table(settings: Settings, name: str) -> pd.DataFrame:

@@ -173,7 +173,7 @@ def test_item_stats(tables):
 
 def test_listener_item_familiarity_and_closing_row(tables):
     pair = row(tables["listener_item"], snapshot(2), listener_id="L1", item_id="show_a")
-    assert (pair.pair_plays_7d, pair.pair_plays_28d, pair.pair_plays_total) == (2, 2, 2)
+    assert (pair.pair_plays_7d, pair.pair_plays_28d) == (2, 2)
     assert pair.pair_days_since_last_play == 1
     assert pair.pair_share_28d == pytest.approx(2 / 3)
     assert pair.pair_minutes_28d == pytest.approx(30.0)
@@ -183,8 +183,26 @@ def test_listener_item_familiarity_and_closing_row(tables):
     stamps = pairs.loc[(pairs.listener_id == "L1") & (pairs.item_id == "show_a"), "event_timestamp"]
     assert stamps.max() == snapshot(30)
     closing = row(pairs, snapshot(30), listener_id="L1", item_id="show_a")
-    assert (closing.pair_plays_28d, closing.pair_plays_total) == (0, 2)
+    assert (closing.pair_plays_28d, closing.pair_plays_per_day_28d) == (0, 0.0)
     assert closing.pair_days_since_last_play == 29
+
+
+def test_no_feature_looks_back_further_than_28_days(tables):
+    """ "First play" is the first in the last 28 days and a last play older than 28 days is
+    null: a feature means the same however long the log behind it is (L1 played album_b
+    on days 1 and 8)."""
+    pairs = tables["listener_item"]
+    early = row(pairs, snapshot(9), listener_id="L1", item_id="album_b")
+    assert early.pair_days_since_first_play_28d == 8
+    assert early.pair_plays_per_day_28d == pytest.approx(2 / 8)
+    late = row(pairs, snapshot(30), listener_id="L1", item_id="album_b")
+    assert late.pair_days_since_first_play_28d == 22  # day 1 left the window: day 8 is first
+    assert late.pair_plays_per_day_28d == pytest.approx(1 / 22)
+    closing = row(pairs, snapshot(37), listener_id="L1", item_id="album_b")
+    assert closing.pair_plays_28d == 0 and np.isnan(closing.pair_days_since_first_play_28d)
+    profile = tables["listener_profile"]
+    assert row(profile, snapshot(36), listener_id="L1").days_since_last_play == 28
+    assert np.isnan(row(profile, snapshot(37), listener_id="L1").days_since_last_play)
 
 
 def test_candidate_inputs(tables):

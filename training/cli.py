@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 Listeners = Annotated[int, typer.Option(min=10, help="Number of listeners.")]
 Days = Annotated[int, typer.Option(min=14, help="Days of listening.")]
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same files.")]
+DEFAULT_DEMO_TRAFFIC = 1000
+"""Home pages ``homerec demo`` serves at the end, so ``homerec drift`` has served rows."""
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -111,6 +113,7 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per in-process request
     overrides = {"data_dir": data_dir, "online_store": online_store}
     ctx.obj = Settings(**{key: value for key, value in overrides.items() if value is not None})
 
@@ -239,8 +242,12 @@ def demo(
     listeners: Listeners = DEFAULT_LISTENERS,
     days: Days = DEFAULT_DAYS,
     seed: Seed = DEFAULT_SEED,
+    traffic: Annotated[
+        int, typer.Option(min=0, help="Home pages served in process at the end (0: none).")
+    ] = DEFAULT_DEMO_TRAFFIC,
 ) -> None:
-    """The main job end to end: world, features, Feast, training, evaluation, gate."""
+    """The main job end to end: world, features, Feast, training, evaluation, gate, then
+    sample traffic with every request's features logged and a drift check against it."""
     from evaluation.report import evaluate_and_save, format_table
     from training.gate import describe, gate_candidates
     from training.pipeline import StepTimer, online_sample, prepare_features
@@ -264,7 +271,31 @@ def demo(
     typer.echo("evaluation gate (candidates that pass become production):")
     for outcome in timer.run("gate", gate_candidates, settings):
         typer.echo(describe(outcome))
+    if traffic:
+        _demo_traffic_and_drift(settings, timer, traffic)
     typer.echo("step times (s): " + json.dumps({k: round(v, 1) for k, v in timer.seconds.items()}))
+
+
+def _demo_traffic_and_drift(settings: Settings, timer, pages: int) -> None:
+    """Serve ``pages`` sampled Home pages in process (features logged), then compare them
+    with each production model's training profile, as ``homerec drift`` does."""
+    import pandas as pd
+
+    from evaluation.drift_cli import DEFAULT_WINDOW, summary_lines
+    from evaluation.drift_job import load_drift_config, run_drift, write_latest
+    from serving.sample_traffic import serve_sample
+    from training.shelves import load_shelves
+
+    served = timer.run("sample traffic", serve_sample, settings, pages)
+    degraded = dict(served.degraded_shelves) or "none"
+    typer.echo(f"served {served.pages} Home pages in process; degraded shelves: {degraded}")
+    until = pd.Timestamp.now(tz="UTC")  # the log is stamped with wall-clock time
+    shelves = [shelf.name for shelf in load_shelves(settings.shelves_file)]
+    run = timer.run(
+        "drift", run_drift, settings, shelves, until - DEFAULT_WINDOW, until, load_drift_config()
+    )
+    typer.echo(f"drift of served vs training features (report in {write_latest(settings, run)}):")
+    typer.echo("\n".join(summary_lines(run)))
 
 
 @app.command()

@@ -15,13 +15,19 @@ listener_profile       listener_id         activity by content type over 7/28 da
                                            account age, dayparts, top genres, market/platform
 item_stats             item_id             plays and unique listeners over 7/28 days,
                                            completion, trend, age, dayparts, public attributes
-listener_item          listener_id,        familiarity: plays over 7/28 days and in total,
+listener_item          listener_id,        familiarity: plays over 7/28 days, first play,
                        item_id             recency, share of the listener's plays (Shortcuts)
 listener_familiar      listener_id         candidate input: the listener's familiar items
 item_neighbours        item_id             candidate input: co-listening neighbours per type
 segment_popular        segment_id          candidate input: popular items per market and age
 market_editorial       market_id           candidate input: editorial picks per market
 =====================  ==================  ======================================================
+
+No feature looks back further than ``LONG_WINDOW_DAYS`` (28): "first play" means the first
+in the last 28 days, a last play older than that is null, and there are no all-time
+totals. A training snapshot taken after the warm-up (``HOMEREC_WARMUP_DAYS``, 28 by
+default) therefore sees as much history as a serving request at the end of a long log: a
+feature's distribution does not depend on the log's length (no skew, no false drift).
 
 ``listener_item`` has a row for a pair at every snapshot where the pair was played in the
 last 28 days, plus one closing row (28-day counts zero) at the first snapshot after it
@@ -187,6 +193,17 @@ def _last_day_before(active: np.ndarray) -> np.ndarray:
     """For each row and snapshot s = 1..n, the last day < s with activity, or -1."""
     days = np.where(active, np.arange(active.shape[1]), -1)
     return np.maximum.accumulate(days, axis=1)
+
+
+def _first_day_in_window(active: np.ndarray, window: int) -> np.ndarray:
+    """For each row and snapshot s = 1..n, the first day in [s - window, s) with activity,
+    or -1."""
+    n_days = active.shape[1]
+    days = np.where(active, np.arange(n_days), n_days)
+    next_active = np.minimum.accumulate(days[:, ::-1], axis=1)[:, ::-1]  # first day >= d
+    snapshot = np.arange(1, n_days + 1)
+    first = next_active[:, np.maximum(snapshot - window, 0)]
+    return np.where(first < snapshot, first, -1)
 
 
 def _daily(codes: np.ndarray, days: np.ndarray, n_rows: int, n_days: int, weights=None):
@@ -440,7 +457,7 @@ class _Pairs:
     cum_plays: np.ndarray  # (pairs x days+1) prefix sums of plays
     cum_ms: np.ndarray  # (pairs x days+1) prefix sums of ms played
     last_day: np.ndarray  # (pairs x snapshots) last day with a play before the snapshot
-    first_day: np.ndarray  # (pairs,) day of the first play
+    first_day_28d: np.ndarray  # (pairs x snapshots) first day with a play in the 28 days before
     plays: dict[int, np.ndarray]  # window -> (pairs x snapshots) plays in the window
 
     @property
@@ -452,16 +469,15 @@ def _chunk_pairs(world: EncodedWorld, local, item, day, ms) -> _Pairs:
     n_days, n_items = world.n_days, len(world.items)
     key, pair_of_event = np.unique(local.astype(np.int64) * n_items + item, return_inverse=True)
     n_pairs = len(key)
-    cum_plays = _cumulative(_daily(pair_of_event, day, n_pairs, n_days))
-    first_day = np.full(n_pairs, n_days, dtype=np.int64)
-    np.minimum.at(first_day, pair_of_event, day)
+    daily_plays = _daily(pair_of_event, day, n_pairs, n_days)
+    cum_plays = _cumulative(daily_plays)
     return _Pairs(
         listener=(key // n_items).astype(np.int64),
         item=(key % n_items).astype(np.int64),
         cum_plays=cum_plays,
         cum_ms=_cumulative(_daily(pair_of_event, day, n_pairs, n_days, weights=ms)),
-        last_day=_last_day_before(_daily(pair_of_event, day, n_pairs, n_days) > 0),
-        first_day=first_day,
+        last_day=_last_day_before(daily_plays > 0),
+        first_day_28d=_first_day_in_window(daily_plays > 0, LONG_WINDOW_DAYS),
         plays={w: _window(cum_plays, w) for w in WINDOWS},
     )
 
@@ -534,7 +550,10 @@ def _listener_profile_table(
     long_plays = _window(plays, LONG_WINDOW_DAYS)[rows_l, rows_s]
     active = _daily(local, day, n_listeners, n_days) > 0
     last = _last_day_before(active)[rows_l, rows_s]
-    columns["days_since_last_play"] = np.where(last >= 0, rows_s + 1 - last, np.nan)
+    since_last = rows_s + 1 - last
+    columns["days_since_last_play"] = np.where(
+        (last >= 0) & (since_last <= LONG_WINDOW_DAYS), since_last, np.nan
+    )
     columns["minutes_28d"] = (
         _window(_cumulative(_daily(local, day, n_listeners, n_days, weights=ms)), LONG_WINDOW_DAYS)[
             rows_l, rows_s
@@ -594,8 +613,8 @@ def _pair_rows(long_plays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _listener_item_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> pa.Table:
     rows_p, rows_s = _pair_rows(pairs.long_plays)
-    since_first = (rows_s + 1 - pairs.first_day[rows_p]).astype(np.float64)
-    total = pairs.cum_plays[rows_p, rows_s + 1]
+    first = pairs.first_day_28d[rows_p, rows_s]
+    since_first = np.where(first >= 0, rows_s + 1 - first, np.nan)  # closing rows: none
     listener_code = pairs.listener[rows_p] + chunk.first
     long_plays = pairs.long_plays[rows_p, rows_s]
     last = pairs.last_day[rows_p, rows_s]
@@ -612,11 +631,10 @@ def _listener_item_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> p
             "event_timestamp": _timestamps(world, rows_s),
             "pair_plays_7d": pairs.plays[SHORT_WINDOW_DAYS][rows_p, rows_s].astype(np.int64),
             "pair_plays_28d": long_plays.astype(np.int64),
-            "pair_plays_total": total.astype(np.int64),
             "pair_minutes_28d": _window(pairs.cum_ms, LONG_WINDOW_DAYS)[rows_p, rows_s] / 60_000.0,
             "pair_days_since_last_play": (rows_s + 1 - last).astype(np.float64),
-            "pair_days_since_first_play": since_first,
-            "pair_plays_per_day": total / since_first,
+            "pair_days_since_first_play_28d": since_first,
+            "pair_plays_per_day_28d": np.where(first >= 0, long_plays / since_first, 0.0),
             "pair_share_28d": np.where(
                 total_listener > 0, long_plays / np.maximum(total_listener, 1), 0.0
             ),

@@ -26,8 +26,9 @@ class Settings(BaseSettings):
     shelves_file: Path | None = None
     """The shelves declaration (default: the built-in training/shelves.yaml)."""
 
-    warmup_days: int = 14
-    """Days at the world's start no training snapshot uses (features need history)."""
+    warmup_days: int = 28
+    """Days at the world's start no training snapshot uses: features look back 28 days, so
+    an earlier snapshot would see less history than serving does."""
     train_every_days: int = 1
     """Stride between training snapshots."""
     valid_days: int = 4

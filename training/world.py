@@ -75,7 +75,7 @@ from training.schema import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_LISTENERS = 3000
-DEFAULT_DAYS = 60
+DEFAULT_DAYS = 75
 DEFAULT_SEED = 7
 
 MARKETS: tuple[str, ...] = ("US", "BR", "IN", "DE", "JP", "SE")

@@ -28,6 +28,13 @@ values compared as ``str(value)``, so 1 and "1" are one value): the reference's
 
 Columns holding arrays or lists, datetimes, complex numbers or other types are skipped
 with a logged note and listed in ``Profile.skipped``.
+
+**Sampling noise.** Two samples of one distribution differ by chance, the more so the
+fewer requests they hold (rows of one request share its listener's features, so the
+request is the unit). When both sides know their request counts, a feature drifts only
+when its distance also exceeds its :func:`noise_floor`, the distance such samples exceed
+by chance with probability ``NOISE_ALPHA``; with thousands of requests the floor is far
+below any threshold, with a few dozen it keeps chance from raising alarms.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from pandas.api import types as ptypes
+from scipy.stats import norm
 
 from training.schema import atomic_write_text
 
@@ -61,6 +69,7 @@ __all__ = [
     "compare",
     "histogram",
     "load_profile",
+    "noise_floor",
     "post_webhook",
     "profile_json",
     "profile_on",
@@ -73,6 +82,8 @@ logger = logging.getLogger(__name__)
 Kind = Literal["numeric", "categorical"]
 PROFILE_FORMAT = "homerec-drift-profile"
 PROFILE_VERSION = 1
+NOISE_ALPHA = 0.05
+"""Chance that a feature of two samples of one distribution exceeds its noise floor."""
 _CONTAINERS = (list, tuple, set, dict, np.ndarray)
 # What pandas.api.types.infer_dtype says of an object column that holds only numbers.
 _NUMBERS = {"boolean", "integer", "floating", "mixed-integer-float", "decimal"}
@@ -169,17 +180,21 @@ class FeatureProfile:
 @dataclass(frozen=True, eq=False)
 class Profile:
     """Histograms of a feature table. ``rows``: rows of the table; ``skipped``: columns
-    not profiled, with the reason; ``bins``/``top_values``: the parameters used."""
+    not profiled, with the reason; ``bins``/``top_values``: the parameters used;
+    ``requests``: the independent requests the rows belong to (None: unknown)."""
 
     features: Mapping[str, FeatureProfile]
     rows: int
     skipped: Mapping[str, str] = field(default_factory=dict)
     bins: int = 10
     top_values: int = 20
+    requests: int | None = None
 
     def __post_init__(self) -> None:
         if self.rows < 0 or self.bins < 1 or self.top_values < 0:
             raise ValueError("profile needs rows >= 0, bins >= 1 and top_values >= 0")
+        if self.requests is not None and not 0 <= self.requests <= self.rows:
+            raise ValueError(f"profile requests must be in [0, rows], got {self.requests}")
         for name, feature in self.features.items():
             if feature.name != name:
                 raise ValueError(f"feature {name!r} holds a profile named {feature.name!r}")
@@ -192,6 +207,7 @@ class Profile:
             "format": PROFILE_FORMAT,
             "version": PROFILE_VERSION,
             "rows": self.rows,
+            "requests": self.requests,
             "bins": self.bins,
             "top_values": self.top_values,
             "features": {name: feature.to_dict() for name, feature in self.features.items()},
@@ -221,6 +237,7 @@ class Profile:
             return cls(
                 features=features,
                 rows=int(data["rows"]),
+                requests=None if data.get("requests") is None else int(data["requests"]),
                 skipped={str(k): str(v) for k, v in data["skipped"].items()},
                 bins=int(data["bins"]),
                 top_values=int(data["top_values"]),
@@ -350,10 +367,11 @@ def build_profile(
     features: list[str] | None = None,
     bins: int = 10,
     top_values: int = 20,
+    requests: int | None = None,
 ) -> Profile:
     """Reference profile of ``frame`` (all columns, or ``features``), buckets as documented
     in the module docstring: ``bins`` quantile bins per numeric feature, ``top_values``
-    values per categorical one."""
+    values per categorical one; ``requests``: how many requests the rows belong to."""
     if bins < 1 or top_values < 0:
         raise ValueError(f"need bins >= 1 and top_values >= 0, got {bins}, {top_values}")
     if len(frame) == 0:
@@ -380,11 +398,12 @@ def build_profile(
         else:
             logger.info("drift profile skips %r: %s", name, kind)
             skipped[name] = kind
-    return Profile(profiled, len(frame), skipped, bins, top_values)
+    return Profile(profiled, len(frame), skipped, bins, top_values, requests)
 
 
-def profile_on(reference: Profile, frame: pd.DataFrame) -> Profile:
-    """Profile of ``frame`` on ``reference``'s buckets, for every reference feature.
+def profile_on(reference: Profile, frame: pd.DataFrame, requests: int | None = None) -> Profile:
+    """Profile of ``frame`` (rows of ``requests`` requests) on ``reference``'s buckets, for
+    every reference feature.
 
     Reference features absent from ``frame`` are listed in ``skipped`` as missing; a
     column whose values cannot be counted on its reference buckets is a ValueError.
@@ -395,7 +414,7 @@ def profile_on(reference: Profile, frame: pd.DataFrame) -> Profile:
         if name in frame.columns
     }
     skipped = {name: "missing from frame" for name in reference.features if name not in profiled}
-    return Profile(profiled, len(frame), skipped, reference.bins, reference.top_values)
+    return Profile(profiled, len(frame), skipped, reference.bins, reference.top_values, requests)
 
 
 def chebyshev(p_counts: ArrayLike, q_counts: ArrayLike) -> float:
@@ -417,16 +436,44 @@ def chebyshev(p_counts: ArrayLike, q_counts: ArrayLike) -> float:
     return float(np.max(np.abs(p / p_total - q / q_total)))
 
 
+def noise_floor(
+    p_counts: ArrayLike,
+    q_counts: ArrayLike,
+    p_requests: int | None,
+    q_requests: int | None,
+    alpha: float = NOISE_ALPHA,
+) -> float:
+    """The Chebyshev distance that two samples of one distribution, of ``p_requests`` and
+    ``q_requests`` requests, exceed by chance with probability about ``alpha``.
+
+    Per bucket, the two-sample normal bound ``z * sqrt(s (1 - s) (1/p + 1/q))`` on the
+    difference of its shares (``s``: the pooled share), with ``z`` Bonferroni-corrected
+    over the buckets; the largest over buckets. Counting requests, not rows, is exact for
+    listener features (constant within a request) and cautious for item features. 0.0
+    when either request count is unknown or zero.
+    """
+    if not p_requests or not q_requests:
+        return 0.0
+    pooled = np.asarray(p_counts, dtype=np.float64) + np.asarray(q_counts, dtype=np.float64)
+    if pooled.sum() == 0:
+        return 0.0
+    share = pooled / pooled.sum()
+    z = norm.ppf(1.0 - alpha / (2 * share.size))
+    spread = np.max(share * (1.0 - share)) * (1.0 / p_requests + 1.0 / q_requests)
+    return float(z * np.sqrt(spread))
+
+
 @dataclass(frozen=True)
 class FeatureDrift:
     """Drift of one feature. ``null_rate_change`` is current minus reference; rates are None
     when their side has no rows. ``worst_bucket`` labels the bucket of maximal difference
-    (None at distance 0)."""
+    (None at distance 0). ``drifted``: distance above both threshold and noise floor."""
 
     name: str
     kind: Kind
     distance: float
     threshold: float
+    noise_floor: float
     drifted: bool
     reference_null_rate: float | None
     current_null_rate: float | None
@@ -484,18 +531,20 @@ def compare(
     current: pd.DataFrame | Profile,
     thresholds: Mapping[str, float] | None = None,
     default_threshold: float = 0.1,
+    current_requests: int | None = None,
 ) -> DriftReport:
     """Compare ``current`` with ``reference``: a feature drifts when its Chebyshev distance
     (:func:`chebyshev`) is strictly greater than its threshold (``thresholds[name]``, else
-    ``default_threshold``). ``current`` is a frame (counted on the reference's buckets) or
-    a profile built by :func:`profile_on` (its buckets must equal the reference's)."""
+    ``default_threshold``) and than its :func:`noise_floor`. ``current`` is a frame of
+    ``current_requests`` requests (counted on the reference's buckets) or a profile built
+    by :func:`profile_on` (its buckets must equal the reference's)."""
     thresholds = dict(thresholds or {})
     unknown = sorted(set(thresholds) - set(reference.features))
     if unknown:
         raise ValueError(f"thresholds name features not in the reference profile: {unknown}")
     if isinstance(current, pd.DataFrame):
         extra = [str(c) for c in current.columns if c not in reference.features]
-        current = profile_on(reference, current)
+        current = profile_on(reference, current, current_requests)
     else:
         extra = [name for name in current.features if name not in reference.features]
     extra = [name for name in extra if name not in reference.skipped]
@@ -512,6 +561,7 @@ def compare(
                 " build it with profile_on(reference, frame)"
             )
         distance = chebyshev(ref.counts, cur.counts)
+        floor = noise_floor(ref.counts, cur.counts, reference.requests, current.requests)
         worst = None
         if distance > 0 and ref.rows and cur.rows:
             diff = np.abs(ref.counts / ref.rows - cur.counts / cur.rows)
@@ -525,7 +575,8 @@ def compare(
                 kind=ref.kind,
                 distance=distance,
                 threshold=threshold,
-                drifted=distance > threshold,
+                noise_floor=floor,
+                drifted=distance > max(threshold, floor),
                 reference_null_rate=ref.null_rate,
                 current_null_rate=cur.null_rate,
                 null_rate_change=change,

@@ -56,14 +56,14 @@ def _report_lines(title: str, report: DriftReport) -> list[str]:
     """One line per feature: distance, threshold, null-rate change, worst bucket."""
     lines = [
         f"{title}: {report.current_rows} rows vs {report.reference_rows} reference rows",
-        f"  {'feature':<36} {'kind':<11} {'distance':>8} {'threshold':>9} {'null Δ':>7}  "
-        "worst bucket",
+        f"  {'feature':<36} {'kind':<11} {'distance':>8} {'threshold':>9} {'noise':>6} "
+        f"{'null Δ':>7}  worst bucket",
     ]
     for f in sorted(report.features, key=lambda f: -f.distance):
         mark = "  DRIFT" if f.drifted else ""
         lines.append(
             f"  {f.name:<36} {f.kind:<11} {f.distance:>8.4f} {f.threshold:>9.3f} "
-            f"{_rate(f.null_rate_change):>7}  {f.worst_bucket or '-'}{mark}"
+            f"{f.noise_floor:>6.3f} {_rate(f.null_rate_change):>7}  {f.worst_bucket or '-'}{mark}"
         )
     lines += [f"  {name:<36} MISSING from the current rows" for name in report.missing_features]
     return lines
@@ -94,9 +94,12 @@ def summary_lines(run: DriftRun) -> list[str]:
     for shelf, result in run.shelves.items():
         report = result.report
         worst = max(report.features, key=lambda f: f.distance, default=None)
-        largest = (
-            "-" if worst is None else f"{worst.name} {worst.distance:.3f} (<= {worst.threshold})"
-        )
+        largest = "-"
+        if worst is not None:
+            largest = (
+                f"{worst.name} {worst.distance:.3f} (threshold {worst.threshold},"
+                f" noise floor {worst.noise_floor:.3f})"
+            )
         drifted = ", ".join(report.drifted_features) or "none"
         lines.append(
             f"{shelf} v{result.model_version}: {report.current_rows} served rows vs"

@@ -46,11 +46,9 @@ from evaluation.drift import (
     profile_on,
 )
 from serving.feature_log import LOG_COLUMNS, read_feature_log
-from training.candidates import audience_rows
 from training.registry import PRODUCTION, PROFILE_FILE, ModelRegistry, RegistryError
 from training.schema import atomic_write_text
 from training.settings import Settings
-from training.shelves import Shelf, load_shelves, shelf_by_name
 from training.training_sets import TrainingSet, load_training_set
 
 __all__ = [
@@ -149,6 +147,15 @@ def load_drift_config(path: Path | None = None) -> DriftConfig:
 # --------------------------------------------------------------------------- reference profiles
 
 
+def request_count(rows: pd.DataFrame) -> int | None:
+    """Requests ``rows`` belong to: distinct ``request_id`` (served-feature log) or
+    ``group`` (training set); None when rows carry neither."""
+    for column in ("request_id", "group"):
+        if column in rows:
+            return int(rows[column].nunique())
+    return None
+
+
 def training_set_dir(settings: Settings, shelf: str) -> Path:
     """Where ``homerec train`` saves a shelf's training set (training.train's layout)."""
     return settings.data_dir / "training_sets" / shelf
@@ -158,12 +165,13 @@ def save_reference_profile(
     registry: ModelRegistry,
     shelf: str,
     version: int,
-    training_rows: pd.DataFrame,
+    reference_rows: pd.DataFrame,
     feature_names: Sequence[str] | None = None,
 ) -> Path:
-    """Profile ``training_rows`` (the train-window rows of the shelf's audience: the
-    population the version is served to) over the version's features and record it with
-    the version, once; returns the file's path.
+    """Profile ``reference_rows`` (the training set's reference: the train window's
+    candidates for the shelf's audience, whatever their labels, i.e. the population the
+    version is served) over the version's features and record it with the version, once;
+    returns the file's path.
 
     ``feature_names`` default to the version's feature contract and, when given, must equal
     it: a profile over other features could not be compared with what the model is served.
@@ -175,20 +183,16 @@ def save_reference_profile(
             f"{shelf} version {version}: feature names {names} differ from the model's "
             f"feature contract {record.feature_names}"
         )
-    profile = build_profile(training_rows, names)
+    profile = build_profile(reference_rows, names, requests=request_count(reference_rows))
     return registry.record_profile(shelf, version, profile_json(profile))
 
 
 def _rebuild_profile(
-    registry: ModelRegistry,
-    shelf: str,
-    version: int,
-    training_dir: Path,
-    audience: Shelf | None = None,
+    registry: ModelRegistry, shelf: str, version: int, training_dir: Path
 ) -> Profile:
-    """The reference of a version registered without one, from the saved training set when
-    its data hash proves it is the version's (its ``audience``'s rows, as training records
-    it); recorded so the next run reads it."""
+    """The reference of a version registered without one, from the saved training set's
+    reference rows when its data hash proves it is the version's; recorded so the next
+    run reads it."""
     record = registry.get(shelf, version)
     missing = f"{shelf} version {version} has no reference profile ({record.path / PROFILE_FILE})"
     if not (training_dir / "training_set.json").exists():
@@ -205,9 +209,7 @@ def _rebuild_profile(
     )
     path = record.path / PROFILE_FILE
     try:
-        train = training_set.rows["train"]
-        rows = train if audience is None else audience_rows(audience, train)
-        save_reference_profile(registry, shelf, version, rows)
+        save_reference_profile(registry, shelf, version, training_set.reference_rows())
     except RegistryError:
         if not path.exists():  # another run recording it meanwhile is fine
             raise
@@ -219,14 +221,13 @@ def reference_profile(
     shelf: str,
     version_or_alias: str | int = PRODUCTION,
     training_dir: Path | None = None,
-    audience: Shelf | None = None,
 ) -> Profile:
     """The reference profile recorded with a version (by number or alias).
 
     When none is recorded and ``training_dir`` is given, it is rebuilt from the training
-    set saved there (the rows of ``audience``, the shelf, when given) if that set's data
-    hash equals the version's (and then recorded); otherwise DriftJobError says what is
-    missing. Registry lookups raise RegistryError.
+    set saved there (its reference rows) if that set's data hash equals the version's (and
+    then recorded); otherwise DriftJobError says what is missing. Registry lookups raise
+    RegistryError.
     """
     version = registry.resolve(shelf, version_or_alias)
     path = registry.get(shelf, version).path / PROFILE_FILE
@@ -237,7 +238,7 @@ def reference_profile(
             f"{shelf} version {version} has no reference profile ({path}); record one with "
             "evaluation.drift_job.save_reference_profile after registering the version"
         )
-    return _rebuild_profile(registry, shelf, version, training_dir, audience)
+    return _rebuild_profile(registry, shelf, version, training_dir)
 
 
 # --------------------------------------------------------------------------- windows
@@ -290,9 +291,13 @@ def training_window_reports(
 ) -> dict[str, DriftReport]:
     """``"train->valid"`` and ``"valid->test"`` reports of ``training_set``: each window
     counted on the train window's buckets, each compared with the window before it."""
-    reference = build_profile(training_set.rows["train"], list(feature_names))
+    train = training_set.rows["train"]
+    reference = build_profile(train, list(feature_names), requests=request_count(train))
     profiles = {"train": reference}
-    profiles |= {w: profile_on(reference, training_set.rows[w]) for w in ("valid", "test")}
+    profiles |= {
+        w: profile_on(reference, training_set.rows[w], request_count(training_set.rows[w]))
+        for w in ("valid", "test")
+    }
     thresholds = config.thresholds_for(reference)
     return {
         f"{before}->{after}": compare(
@@ -352,11 +357,13 @@ def check_shelf(
     registry = ModelRegistry(settings.model_registry_dir)
     version = registry.resolve(shelf, PRODUCTION)
     training_dir = training_set_dir(settings, shelf)
-    audience = shelf_by_name(load_shelves(settings.shelves_file), shelf)
-    reference = reference_profile(registry, shelf, version, training_dir, audience)
+    reference = reference_profile(registry, shelf, version, training_dir)
     rows = served_rows(settings.served_features_dir, shelf, since, until)
+    requests = request_count(rows)
     rows = rows.drop(columns=[c for c in LOG_COLUMNS if c in rows and c not in reference.features])
-    report = compare(reference, rows, config.thresholds_for(reference), config.default_threshold)
+    report = compare(
+        reference, rows, config.thresholds_for(reference), config.default_threshold, requests
+    )
     training: dict[str, DriftReport] = {}
     if compare_training:
         names = list(reference.features)

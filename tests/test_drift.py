@@ -23,6 +23,7 @@ from evaluation.drift import (
     compare,
     histogram,
     load_profile,
+    noise_floor,
     post_webhook,
     profile_on,
     save_profile,
@@ -260,6 +261,40 @@ def test_values_of_the_wrong_type_are_a_clear_error(reference, reference_frame):
 
 
 # --- profiles as files and profile-to-profile comparison -------------------------------------
+
+
+# --- sampling noise ---------------------------------------------------------------------------
+
+
+def test_the_noise_floor_bounds_chance_differences_at_its_alpha():
+    """Two samples of one 12-bucket distribution exceed the floor in about 5% of pairs, at
+    every sample size, while the floor shrinks as 1/sqrt(requests); unknown counts: 0."""
+    rng = np.random.default_rng(0)
+    shares = rng.dirichlet(np.ones(12))
+    for requests in (30, 300, 3000):
+        pairs = [rng.multinomial(requests, shares, size=2) for _ in range(1000)]
+        exceeded = np.mean(
+            [chebyshev(a, b) > noise_floor(a, b, requests, requests) for a, b in pairs]
+        )
+        assert exceeded < 0.08, (requests, exceeded)
+    floors = [noise_floor(shares, shares, n, n) for n in (100, 400)]
+    assert floors[1] == pytest.approx(floors[0] / 2)
+    assert noise_floor(shares, shares, None, 400) == noise_floor(shares, shares, 400, 0) == 0.0
+
+
+def test_a_few_requests_of_unshifted_traffic_do_not_alarm_but_a_shift_does(reference):
+    """Forty requests of the reference distribution differ from it by more than the 0.1
+    threshold by chance; the noise floor keeps that quiet, and a real shift of the same
+    forty requests still drifts."""
+    known = Profile(reference.features, reference.rows, reference.skipped, requests=reference.rows)
+    few = listener_features(40, seed=11)
+    unshifted = compare(known, few, current_requests=40)
+    assert max(distances(unshifted).values()) > 0.1
+    assert not unshifted.breach
+    assert compare(reference, few).breach  # without request counts, chance alarms
+    few["market"] = "BR"
+    shifted = compare(known, few, current_requests=40)
+    assert shifted.drifted_features == ("market",)
 
 
 def test_profile_json_round_trip_gives_identical_histograms(reference, tmp_path: Path):

@@ -73,21 +73,27 @@ def feature_names(world: Settings) -> list[str]:
 
 
 def served_sample(
-    train_rows: pd.DataFrame, names: list[str], rows: int = 3000, seed: int = 0
+    train_rows: pd.DataFrame, names: list[str], requests: int = 300, seed: int = 0
 ) -> pd.DataFrame:
-    """``rows`` feature vectors drawn (with replacement) from the train window: traffic
-    from the distribution the model was trained on, as serving hands it to the log."""
-    picked = np.random.default_rng(seed).integers(0, len(train_rows), rows)
-    return train_rows.iloc[picked][["listener_id", "item_id", *names]].reset_index(drop=True)
+    """``requests`` requests drawn (with replacement) from the train window, each with all
+    its candidates: traffic from the distribution the model was trained on, as serving
+    hands it to the log (one ``request_id`` per request)."""
+    groups = train_rows["group"].unique()
+    picked = np.random.default_rng(seed).choice(groups, requests)
+    by_group = train_rows.set_index("group")[["listener_id", "item_id", *names]]
+    return pd.concat(
+        [by_group.loc[[group]].assign(request_id=f"r{k}") for k, group in enumerate(picked)],
+        ignore_index=True,
+    )
 
 
 def write_log(
     settings: Settings, shelf: str, features: pd.DataFrame, served_at: pd.Timestamp
 ) -> Path:
     """Write ``features`` as one served-feature log file (serving's layout and columns)."""
-    frame = features.assign(
-        request_id="r", shelf=shelf, model="xgboost", model_version="1", served_at=served_at
-    )
+    frame = features.assign(shelf=shelf, model="xgboost", model_version="1", served_at=served_at)
+    if "request_id" not in frame:
+        frame["request_id"] = "r"
     frame = frame[LOG_COLUMNS + [c for c in frame.columns if c not in LOG_COLUMNS]]
     folder = settings.served_features_dir / shelf
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +144,8 @@ def test_reference_profile_is_the_train_window_over_the_model_features(world, tr
     record = registry.get(SHELF, 1)
     stored = reference_profile(registry, SHELF)
     assert list(stored.features) == record.feature_names and not stored.skipped
-    expected = build_profile(train_rows, record.feature_names)
+    requests = train_rows["group"].nunique()
+    expected = build_profile(train_rows, record.feature_names, requests=requests)
     assert stored.to_dict() == expected.to_dict()
     assert sorted(p.name for p in record.path.iterdir()) == [
         "model.ubj",
@@ -179,7 +186,9 @@ def test_missing_profile_is_rebuilt_only_from_the_versions_own_training_set(
         reference_profile(registry, SHELF, other, source)
 
     rebuilt = reference_profile(registry, SHELF, version, source)
-    assert rebuilt.to_dict() == build_profile(train_rows, ranker.feature_names_).to_dict()
+    reference = load_training_set(source).reference_rows()
+    expected = build_profile(reference, ranker.feature_names_, requests=reference.group.nunique())
+    assert rebuilt.to_dict() == expected.to_dict()
     assert (registry.get(SHELF, version).path / "profile.json").exists()  # recorded
     assert reference_profile(registry, SHELF, version).to_dict() == rebuilt.to_dict()
 
@@ -373,15 +382,20 @@ def test_webhook_gets_the_report_on_breach_only(cli, settings, train_rows, featu
 
 def test_training_profiles_the_audience_it_serves(trained_world: TrainedWorld) -> None:
     """try_something_else trains on every listener but is served to new ones only: the
-    reference profile recorded at registration covers its audience's train rows."""
+    reference profile recorded at registration covers its audience's train-window requests,
+    all of them, not only those with a relevant candidate (the rows a ranker learns from
+    are selected by what happened after the snapshot; serving cannot select so)."""
     settings = trained_world.settings
     shelf = shelf_by_name(load_shelves(), "try_something_else")
     registry = ModelRegistry(settings.model_registry_dir)
     record = registry.get(shelf.name, 1)
     training_set = load_training_set(training_set_dir(settings, shelf.name))
     assert training_set.data_hash == record.data_hash
-    train = training_set.rows["train"]
+    reference = training_set.reference_rows()
     profile = load_profile(record.path / PROFILE_FILE)
-    assert profile.rows == len(audience_rows(shelf, train)) < len(train)
+    assert profile.rows == len(reference) == len(audience_rows(shelf, reference))
     ages = profile.features["account_age_days"]
     assert ages.edges[-1] <= shelf.audience.max_account_age_days
+    relevant = reference.groupby("group")["label"].transform("max") > 0
+    assert not relevant.all(), "the reference keeps requests without a relevant candidate"
+    assert set(reference["event_timestamp"]) <= set(training_set.split.train)

@@ -393,7 +393,7 @@ def test_ranker_json_records_the_models_contract(trained_world: TrainedWorld, na
     assert metadata["feature_names"] == ts.feature_names == contract["feature_names"]
     assert metadata["feature_names"] == model_feature_names(open_store(settings), shelf)
     assert metadata["split"] == ts.split.to_dict()
-    rehashed = "".join(frame_hash(ts.rows[w]) for w in WINDOWS)
+    rehashed = "".join(frame_hash(f) for f in [*(ts.rows[w] for w in WINDOWS), ts.reference])
     assert metadata["data_hash"] == ts.data_hash
     assert metadata["data_hash"] == hashlib.sha256(rehashed.encode()).hexdigest()
     assert metadata["rows"] == {w: len(ts.rows[w]) for w in WINDOWS}

@@ -41,7 +41,6 @@ from typing import Any
 
 import pandas as pd
 
-from training.candidates import audience_rows
 from training.feature_store import open_store, world_window
 from training.gate import evaluate_on_window, evaluation_frame, gate_evaluated, push
 from training.pipeline import prepare_features
@@ -250,7 +249,7 @@ def _train(run: Run, shelf: Shelf) -> dict[str, Any]:
         extra = {"run": run.run_id, "training_set": built["directory"]}
         metadata = training_metadata(shelf, training_set, ranker, extra)
         record, created = register_candidate(
-            registry, shelf.name, ranker, metadata, audience_rows(shelf, training_set.rows["train"])
+            registry, shelf.name, ranker, metadata, training_set.reference_rows()
         )
     return {"version": record.version, "registered": created, "sha256": record.sha256}
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import yaml
 
-from training.candidates import audience_rows
 from training.rankers import ShelfRanker
 from training.registry import ModelRegistry
 from training.retrain import execute, open_run, parse_as_of, plan
@@ -148,7 +147,7 @@ def register_best(
     metadata = training_metadata(target, training_set, ranker, extra)
     registry = ModelRegistry(settings.model_registry_dir)
     record, created = register_candidate(
-        registry, shelf, ranker, metadata, audience_rows(target, training_set.rows["train"])
+        registry, shelf, ranker, metadata, training_set.reference_rows()
     )
     return {"shelf": shelf, "version": record.version, "registered": created, "best": best}
 

@@ -22,7 +22,6 @@ from feast import FeatureStore
 
 from evaluation.drift_job import save_reference_profile
 from evaluation.metrics import ndcg_at_k
-from training.candidates import audience_rows
 from training.feature_store import open_store, world_window
 from training.rankers import HeuristicRanker, Ranker, ShelfRanker, save_ranker
 from training.registry import CANDIDATE, PRODUCTION, ModelRegistry, ModelVersion
@@ -157,13 +156,13 @@ def register_candidate(
     shelf: str,
     ranker: ShelfRanker,
     metadata: Mapping[str, Any],
-    training_rows: pd.DataFrame,
+    reference_rows: pd.DataFrame,
 ) -> tuple[ModelVersion, bool]:
     """Register ``ranker`` as the shelf's ``candidate``: ``(version, newly registered)``.
 
-    A new version gets the reference profile of its features over ``training_rows`` (the
-    train-window rows of the shelf's audience: the population it is served to), which
-    drift checks compare served features with. A
+    A new version gets the reference profile of its features over ``reference_rows`` (its
+    training set's reference: candidates of the shelf's audience, whatever their labels,
+    the population it is served to), which drift checks compare served features with. A
     version with the same data hash and parameters is reused instead of duplicated; it
     becomes the candidate unless it is already production (then no alias moves).
     """
@@ -178,7 +177,7 @@ def register_candidate(
         )
         return mark_candidate(registry, existing), False
     record = registry.register(shelf, ranker, metadata)
-    save_reference_profile(registry, shelf, record.version, training_rows, ranker.feature_names_)
+    save_reference_profile(registry, shelf, record.version, reference_rows, ranker.feature_names_)
     return mark_candidate(registry, record), True
 
 
@@ -207,9 +206,7 @@ def train_shelf(
     metadata = training_metadata(shelf, training_set, ranker, {"training_set": str(directory)})
     sha256 = save_ranker(ranker, model_dir(settings, shelf.name), metadata)
     version = (
-        register_candidate(
-            registry, shelf.name, ranker, metadata, audience_rows(shelf, training_set.rows["train"])
-        )[0]
+        register_candidate(registry, shelf.name, ranker, metadata, training_set.reference_rows())[0]
         if registry
         else None
     )

@@ -4,6 +4,12 @@ For a shelf and a list of snapshot times: every listener who had signed up is a 
 stage 1 proposes candidates from point-in-time Feast reads; each candidate gets its model
 features from ``get_historical_features(features=<the shelf's FeatureService>)`` and a
 graded label from the listener's plays of it in ``(snapshot, snapshot + horizon]``.
+
+The windows keep only requests with a relevant candidate (the others teach a ranker
+nothing), so their rows are selected by what happened *after* the snapshot. A set also
+keeps ``reference`` rows: every candidate of a seeded sample of the shelf audience's
+train-window requests, whatever their labels. That is the population the model is served,
+and the reference profile drift checks compare served features with.
 """
 
 import hashlib
@@ -21,6 +27,7 @@ from tqdm.auto import tqdm
 from training.candidates import (
     candidate_feature_names,
     generate_candidates,
+    in_audience,
     read_candidate_inputs,
 )
 from training.feature_store import OfflineReader
@@ -32,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 DAY = pd.Timedelta(days=1)
 REQUEST_COLUMNS = ["group", "listener_id", "event_timestamp"]
+REFERENCE_REQUESTS = 2000
+"""Train-window requests of the shelf's audience sampled into a set's reference rows."""
 
 
 @dataclass(frozen=True)
@@ -138,18 +147,23 @@ def model_feature_names(store: FeatureStore, shelf: Shelf) -> list[str]:
 
 
 def build_rows(
-    store: FeatureStore, shelf: Shelf, requests: pd.DataFrame, events: pd.DataFrame
+    store: FeatureStore,
+    shelf: Shelf,
+    requests: pd.DataFrame,
+    events: pd.DataFrame,
+    relevant_only: bool = True,
 ) -> pd.DataFrame:
     """Candidates, labels and model features for ``requests`` (columns REQUEST_COLUMNS).
 
     Requests none of whose candidates is relevant teach a ranker nothing and have no NDCG,
-    so they are dropped before the (costly) feature read; the log says how many remain.
+    so unless ``relevant_only`` is False they are dropped before the (costly) feature read.
     """
     reader = OfflineReader(store)
     inputs = read_candidate_inputs(reader, requests, [shelf])
     rows = generate_candidates(shelf, inputs).merge(requests, on="group", how="left")
     rows["label"] = label_rows(rows, events, shelf.label)
-    rows = rows[rows.groupby("group")["label"].transform("max") > 0].reset_index(drop=True)
+    if relevant_only:
+        rows = rows[rows.groupby("group")["label"].transform("max") > 0].reset_index(drop=True)
     features = reader.read(
         store.get_feature_service(shelf.feature_service),
         rows[["listener_id", "item_id", "event_timestamp"]],
@@ -166,15 +180,39 @@ def frame_hash(frame: pd.DataFrame) -> str:
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """One shelf's train/valid/test rows and what they were built from."""
+    """One shelf's train/valid/test rows and what they were built from; ``reference``: the
+    rows drift checks profile (see the module docstring; None in sets saved without)."""
 
     shelf: str
     rows: dict[str, pd.DataFrame]
     feature_names: list[str]
     split: TimeSplit
     data_hash: str
+    reference: pd.DataFrame | None = None
+
+    def reference_rows(self) -> pd.DataFrame:
+        """``reference``; ValueError for a set saved without it (by an older homerec)."""
+        if self.reference is None:
+            raise ValueError(
+                f"the {self.shelf} training set has no reference rows (saved by an older "
+                "homerec): build it again (homerec train)"
+            )
+        return self.reference
 
 
+def reference_requests(
+    listeners: pd.DataFrame, shelf: Shelf, snapshots: list[pd.Timestamp], count: int, seed: int = 0
+) -> pd.DataFrame:
+    """A seeded sample of ``count`` requests of the shelf's audience at ``snapshots``."""
+    requests = snapshot_requests(listeners, snapshots)
+    signup = requests["listener_id"].map(listeners.set_index("listener_id")["signup_at"])
+    age = (requests["event_timestamp"] - signup) / DAY
+    audience = requests[in_audience(shelf, age)]
+    sample = audience.sample(min(count, len(audience)), random_state=seed).sort_values("group")
+    return sample.assign(group=np.arange(len(sample))).reset_index(drop=True)
+
+
+REFERENCE_FILE = "reference.parquet"
 SNAPSHOTS_PER_BATCH = 4
 """Snapshots whose requests are read from Feast together: bounds peak memory."""
 
@@ -223,8 +261,17 @@ def build_training_set(
             len(built),
             100 * (built["label"] > 0).mean() if len(built) else 0.0,
         )
-    data_hash = hashlib.sha256("".join(frame_hash(rows[w]) for w in rows).encode()).hexdigest()
-    return TrainingSet(shelf.name, rows, names, split, data_hash)
+    sample = reference_requests(listeners, shelf, split.train, REFERENCE_REQUESTS)
+    reference = pd.concat(
+        [
+            build_rows(store, shelf, batch, events, relevant_only=False)[columns]
+            for batch in tqdm(_snapshot_batches(sample), desc=f"{shelf.name} reference")
+        ],
+        ignore_index=True,
+    )
+    frames = [rows[w] for w in rows] + [reference]
+    data_hash = hashlib.sha256("".join(map(frame_hash, frames)).encode()).hexdigest()
+    return TrainingSet(shelf.name, rows, names, split, data_hash, reference)
 
 
 def save_training_set(training_set: TrainingSet, directory: Path) -> None:
@@ -233,12 +280,15 @@ def save_training_set(training_set: TrainingSet, directory: Path) -> None:
     staged = staging_dir(directory)
     for window, frame in training_set.rows.items():
         frame.to_parquet(staged / f"{window}.parquet", index=False)
+    if training_set.reference is not None:
+        training_set.reference.to_parquet(staged / REFERENCE_FILE, index=False)
     meta = {
         "shelf": training_set.shelf,
         "feature_names": training_set.feature_names,
         "split": training_set.split.to_dict(),
         "data_hash": training_set.data_hash,
         "rows": {window: len(frame) for window, frame in training_set.rows.items()},
+        "reference_rows": None if training_set.reference is None else len(training_set.reference),
     }
     atomic_write_text(staged / "training_set.json", json.dumps(meta, indent=2) + "\n")
     publish_dir(staged, directory)
@@ -251,4 +301,8 @@ def load_training_set(directory: Path) -> TrainingSet:
     meta = json.loads(meta_path.read_text())
     split = TimeSplit(**{w: [pd.Timestamp(t) for t in ts] for w, ts in meta["split"].items()})
     rows = {w: pd.read_parquet(directory / f"{w}.parquet") for w in ("train", "valid", "test")}
-    return TrainingSet(meta["shelf"], rows, meta["feature_names"], split, meta["data_hash"])
+    reference_path = directory / REFERENCE_FILE
+    reference = pd.read_parquet(reference_path) if reference_path.exists() else None
+    return TrainingSet(
+        meta["shelf"], rows, meta["feature_names"], split, meta["data_hash"], reference
+    )

@@ -102,6 +102,15 @@ listener_item = FeatureView(
         Field(name="pair_days_since_first_play_28d", dtype=Float64),
         Field(name="pair_plays_per_day_28d", dtype=Float64),
         Field(name="pair_share_28d", dtype=Float64),
+        Field(name="pair_plays_3d", dtype=Int64),
+        # How much of the item the listener plays (0..1), its mean logit, and skips (< 15%).
+        Field(name="pair_completion_28d", dtype=Float64),
+        Field(name="pair_completion_logit_28d", dtype=Float64),
+        Field(name="pair_skip_share_28d", dtype=Float64),
+        # The listener's plays of other items on the days after this one's last play, and
+        # the log-probability of that dry spell were the item still played at its share.
+        Field(name="pair_plays_elsewhere_since_last", dtype=Int64),
+        Field(name="pair_dry_spell_logp_28d", dtype=Float64),
     ],
     source=snapshot_source("listener_item"),
 )

@@ -187,6 +187,22 @@ def test_listener_item_familiarity_and_closing_row(tables):
     assert closing.pair_days_since_last_play == 29
 
 
+def test_pair_completion_and_the_dry_spell_since_the_last_play(tables):
+    """album_b (4 min) was played 1 and 2 minutes by L1 on days 1 and 8; show_a (20 min)
+    10 and 20 minutes on days 0 and 1, then L1 played album_b on day 8."""
+    pairs = tables["listener_item"]
+    album = row(pairs, snapshot(9), listener_id="L1", item_id="album_b")
+    assert album.pair_completion_28d == pytest.approx((0.25 + 0.5) / 2)
+    assert album.pair_completion_logit_28d == pytest.approx((np.log(1 / 3) + 0.0) / 2)
+    assert album.pair_skip_share_28d == 0.0
+    assert album.pair_plays_3d == 1  # days 6..8
+    assert album.pair_plays_elsewhere_since_last == 0
+    show = row(pairs, snapshot(9), listener_id="L1", item_id="show_a")
+    assert show.pair_completion_28d == pytest.approx(0.75)
+    assert show.pair_plays_elsewhere_since_last == 1  # album_b on day 8 (day 1's shares its day)
+    assert show.pair_dry_spell_logp_28d == pytest.approx(np.log(1 - 2 / 4))
+
+
 def test_no_feature_looks_back_further_than_28_days(tables):
     """ "First play" is the first in the last 28 days and a last play older than 28 days is
     null: a feature means the same however long the log behind it is (L1 played album_b

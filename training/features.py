@@ -15,8 +15,9 @@ listener_profile       listener_id         activity by content type over 7/28 da
                                            account age, dayparts, top genres, market/platform
 item_stats             item_id             plays and unique listeners over 7/28 days,
                                            completion, trend, age, dayparts, public attributes
-listener_item          listener_id,        familiarity: plays over 7/28 days, first play,
-                       item_id             recency, share of the listener's plays (Shortcuts)
+listener_item          listener_id,        familiarity: plays over 3/7/28 days, first play,
+                       item_id             recency, share of the listener's plays, completion
+                                           and skips, plays of other items since (Shortcuts)
 listener_familiar      listener_id         candidate input: the listener's familiar items
 item_neighbours        item_id             candidate input: co-listening neighbours per type
 segment_popular        segment_id          candidate input: popular items per market and age
@@ -76,6 +77,10 @@ POPULAR_PER_TYPE = 50
 EDITORIAL_PER_TYPE = 50
 ALL_AGES = "all"
 NEW_LISTENER_DAYS = 30
+RECENT_DAYS = 3
+"""The shortest play-count window of a pair (a listener's current rotation)."""
+SKIP_COMPLETION = 0.15
+"""A play that ended before this share of the item is a skip."""
 """Listeners whose account is at most this many days old are new (cold start)."""
 CELLS_PER_CHUNK = 40_000_000
 """Upper bound on (pairs x days) cells of one listener chunk's dense arrays."""
@@ -456,6 +461,9 @@ class _Pairs:
     item: np.ndarray
     cum_plays: np.ndarray  # (pairs x days+1) prefix sums of plays
     cum_ms: np.ndarray  # (pairs x days+1) prefix sums of ms played
+    cum_completion: np.ndarray  # (pairs x days+1) prefix sums of completion (0..1)
+    cum_logit: np.ndarray  # (pairs x days+1) prefix sums of the completion's logit
+    cum_skips: np.ndarray  # (pairs x days+1) prefix sums of skips
     last_day: np.ndarray  # (pairs x snapshots) last day with a play before the snapshot
     first_day_28d: np.ndarray  # (pairs x snapshots) first day with a play in the 28 days before
     plays: dict[int, np.ndarray]  # window -> (pairs x snapshots) plays in the window
@@ -465,20 +473,35 @@ class _Pairs:
         return self.plays[LONG_WINDOW_DAYS]
 
 
+def completion(world: EncodedWorld, item: np.ndarray, ms: np.ndarray) -> np.ndarray:
+    """Share of each play's item that was played, in [0, 1]."""
+    duration = world.items["duration_ms"].to_numpy(dtype=np.float64)
+    return np.minimum(ms / np.maximum(duration[item], 1.0), 1.0)
+
+
 def _chunk_pairs(world: EncodedWorld, local, item, day, ms) -> _Pairs:
     n_days, n_items = world.n_days, len(world.items)
     key, pair_of_event = np.unique(local.astype(np.int64) * n_items + item, return_inverse=True)
     n_pairs = len(key)
     daily_plays = _daily(pair_of_event, day, n_pairs, n_days)
     cum_plays = _cumulative(daily_plays)
+    done = completion(world, item, ms)
+    logit = np.log(np.clip(done, 0.01, 0.99) / (1.0 - np.clip(done, 0.01, 0.99)))
+
+    def summed(weights: np.ndarray) -> np.ndarray:
+        return _cumulative(_daily(pair_of_event, day, n_pairs, n_days, weights=weights))
+
     return _Pairs(
         listener=(key // n_items).astype(np.int64),
         item=(key % n_items).astype(np.int64),
         cum_plays=cum_plays,
-        cum_ms=_cumulative(_daily(pair_of_event, day, n_pairs, n_days, weights=ms)),
+        cum_ms=summed(ms),
+        cum_completion=summed(done),
+        cum_logit=summed(logit),
+        cum_skips=summed((done < SKIP_COMPLETION).astype(np.float64)),
         last_day=_last_day_before(daily_plays > 0),
         first_day_28d=_first_day_in_window(daily_plays > 0, LONG_WINDOW_DAYS),
-        plays={w: _window(cum_plays, w) for w in WINDOWS},
+        plays={w: _window(cum_plays, w) for w in (RECENT_DAYS, *WINDOWS)},
     )
 
 
@@ -622,6 +645,16 @@ def _listener_item_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> p
         pairs.long_plays, pairs.listener, chunk.stop - chunk.first
     )
     total_listener = listener_long[pairs.listener[rows_p], rows_s]
+    share = np.where(total_listener > 0, long_plays / np.maximum(total_listener, 1), 0.0)
+    listener_cum = np.zeros((chunk.stop - chunk.first, pairs.cum_plays.shape[1]), np.int64)
+    np.add.at(listener_cum, pairs.listener, pairs.cum_plays)
+    owner = pairs.listener[rows_p]
+    elsewhere = listener_cum[owner, rows_s + 1] - listener_cum[owner, last + 1]
+
+    def mean_28d(cum: np.ndarray) -> np.ndarray:
+        total = _window(cum, LONG_WINDOW_DAYS)[rows_p, rows_s]
+        return np.where(long_plays > 0, total / np.maximum(long_plays, 1), np.nan)
+
     return pa.table(
         {
             "listener_id": pa.array(
@@ -635,9 +668,13 @@ def _listener_item_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> p
             "pair_days_since_last_play": (rows_s + 1 - last).astype(np.float64),
             "pair_days_since_first_play_28d": since_first,
             "pair_plays_per_day_28d": np.where(first >= 0, long_plays / since_first, 0.0),
-            "pair_share_28d": np.where(
-                total_listener > 0, long_plays / np.maximum(total_listener, 1), 0.0
-            ),
+            "pair_share_28d": share,
+            "pair_plays_3d": pairs.plays[RECENT_DAYS][rows_p, rows_s].astype(np.int64),
+            "pair_completion_28d": mean_28d(pairs.cum_completion),
+            "pair_completion_logit_28d": mean_28d(pairs.cum_logit),
+            "pair_skip_share_28d": mean_28d(pairs.cum_skips),
+            "pair_plays_elsewhere_since_last": elsewhere.astype(np.int64),
+            "pair_dry_spell_logp_28d": elsewhere * np.log1p(-np.minimum(share, 0.95)),
         }
     )
 
@@ -735,8 +772,7 @@ def _item_stats_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:
     items = world.items
     item, day = world.event_item, world.event_day
     plays = _cumulative(_daily(item, day, n_items, n_days))
-    duration = items["duration_ms"].to_numpy(dtype=np.float64)
-    completion = np.minimum(world.event_ms / np.maximum(duration[item], 1.0), 1.0)
+    done_share = completion(world, item, world.event_ms)
     short = _window(plays, SHORT_WINDOW_DAYS)[rows_i, rows_s]
     long = _window(plays, LONG_WINDOW_DAYS)[rows_i, rows_s]
     columns = {
@@ -758,7 +794,7 @@ def _item_stats_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:
         / 60_000.0,
     }
     done = _window(
-        _cumulative(_daily(item, day, n_items, n_days, weights=completion)), LONG_WINDOW_DAYS
+        _cumulative(_daily(item, day, n_items, n_days, weights=done_share)), LONG_WINDOW_DAYS
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         columns["item_completion_28d"] = np.where(long > 0, done[rows_i, rows_s] / long, np.nan)

@@ -265,7 +265,9 @@ def build_training_set(
     reference = pd.concat(
         [
             build_rows(store, shelf, batch, events, relevant_only=False)[columns]
-            for batch in tqdm(_snapshot_batches(sample), desc=f"{shelf.name} reference")
+            for batch in tqdm(
+                _snapshot_batches(sample), desc=f"{shelf.name} reference", unit="batch"
+            )
         ],
         ignore_index=True,
     )

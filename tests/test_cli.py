@@ -73,3 +73,15 @@ def test_evaluate_json_in_a_real_process_keeps_logs_off_stdout(trained_world: Tr
     assert result.returncode == 0, result.stderr
     assert list(strict_json(result.stdout)) == ["shelves"]
     assert "loaded ranker" in result.stderr, "the logs went somewhere else"
+
+
+def test_demo_refuses_a_world_too_short_for_its_windows_before_writing(tmp_path):
+    """A demo world shorter than warm-up + train + valid + test (+ label horizons) is a
+    user error (exit 2, one line naming the windows), found before any file is written."""
+    data_dir = tmp_path / "data"
+    result = CliRunner().invoke(
+        app, ["--data-dir", str(data_dir), "demo", "--listeners", "50", "--days", "40"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "too short: warm-up 28d" in result.stderr
+    assert not data_dir.exists()

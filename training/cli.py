@@ -57,6 +57,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from training.retrain import RetrainError
     from training.shelves import ShelfConfigError
     from training.sweep import SweepConfigError
+    from training.training_sets import WindowTooShortError
     from training.world_import import WorldImportError
 
     return (
@@ -68,21 +69,29 @@ def _user_errors() -> tuple[type[Exception], ...]:
         GateConfigError,
         SweepConfigError,
         RegistryError,
+        WindowTooShortError,
     )
+
+
+@contextlib.contextmanager
+def _user_error_exit() -> Iterator[None]:
+    """User errors: one line on stderr, exit 2 (other errors propagate)."""
+    try:
+        yield
+    except _user_errors() as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from error
 
 
 @contextlib.contextmanager
 def _exit_codes(what: str) -> Iterator[None]:
     """User errors: one line on stderr, exit 2. Any other failure: logged with its
     traceback, exit 3 (so a scheduler can tell them from a refused gate, exit 1)."""
-    user_errors = _user_errors()
     try:
-        yield
+        with _user_error_exit():
+            yield
     except typer.Exit:
         raise
-    except user_errors as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(EXIT_USER_ERROR) from error
     except Exception as error:
         logger.exception("%s failed", what)
         typer.echo(f"error: {what} failed: {error} (re-run to resume)", err=True)
@@ -203,7 +212,9 @@ def train(
     as the shelf's candidate (`homerec gate` pushes it to production if it passes)."""
     from training.train import train_all
 
-    for trained in train_all(_settings(ctx), shelf):
+    with _user_error_exit():
+        trained_shelves = train_all(_settings(ctx), shelf)
+    for trained in trained_shelves:
         seconds = {name: round(value, 1) for name, value in trained.seconds.items()}
         typer.echo(
             f"{trained.shelf}: {trained.model_dir} sha256={trained.sha256[:12]} "
@@ -251,12 +262,14 @@ def demo(
     from evaluation.report import evaluate_and_save, format_table
     from training.gate import describe, gate_candidates
     from training.pipeline import StepTimer, online_sample, prepare_features
-    from training.train import train_all
+    from training.train import check_windows_fit, train_all
     from training.world import WorldConfig, generate_world
 
     settings = _settings(ctx)
     timer = StepTimer()
     config = WorldConfig(listeners=listeners, days=days, seed=seed)
+    with _user_error_exit():  # before anything is generated
+        check_windows_fit(settings, config.start, days)
     timer.run("world generate", generate_world, config, settings.world_dir)
     prepare_features(settings, timer)
     sample = timer.run("online sample", online_sample, settings)

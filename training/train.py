@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,14 @@ def shelf_split(settings: Settings, shelf: Shelf, as_of: datetime | None = None)
     if as_of is not None:
         end = min(end, as_of)
     return time_split(pd.Timestamp(start), pd.Timestamp(end), shelf.label.horizon_days, settings)
+
+
+def check_windows_fit(settings: Settings, start: date, days: int) -> None:
+    """WindowTooShortError when a world of ``days`` days from ``start`` cannot hold some
+    shelf's warm-up, train, valid and test windows (checked before a world is made)."""
+    first = pd.Timestamp(start, tz="UTC")
+    for shelf in load_shelves(settings.shelves_file):
+        time_split(first, first + pd.Timedelta(days=days), shelf.label.horizon_days, settings)
 
 
 def build_shelf_training_set(

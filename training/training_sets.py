@@ -64,6 +64,10 @@ class TimeSplit:
         }
 
 
+class WindowTooShortError(ValueError):
+    """The world window cannot hold the warm-up and the train, valid and test windows."""
+
+
 def time_split(
     start: pd.Timestamp, end: pd.Timestamp, horizon_days: int, settings: Settings
 ) -> TimeSplit:
@@ -76,7 +80,7 @@ def time_split(
         pd.date_range(first_train, valid[0] - horizon, freq=f"{settings.train_every_days}D")
     )
     if len(train) < 2:
-        raise ValueError(
+        raise WindowTooShortError(
             f"world window {start.date()}..{end.date()} is too short: warm-up"
             f" {settings.warmup_days}d, 2 training snapshots, then validation"
             f" {settings.valid_days}d and test {settings.test_days}d, each followed by the"

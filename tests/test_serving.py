@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 
 from serving import online_features
 from serving.app import create_app
+from serving.feature_log import read_feature_log
+from serving.sample_traffic import sample_listeners, serve_sample
 from tests.conftest import SHORT_WINDOWS, TrainedWorld, project_settings
 from tests.serving_checks import assert_fast_reads_equal_feast
 from training.candidates import (
@@ -366,3 +368,18 @@ def test_served_shortcuts_equal_the_library_ranking(
     assert served["shelf"] == shelf.name and len(served["cards"]) == len(rows) > 1
     assert [card["item_id"] for card in served["cards"]] == list(rows["item_id"].iloc[order])
     np.testing.assert_allclose([card["score"] for card in served["cards"]], scores[order])
+
+
+def test_sample_traffic_logs_every_page_it_serves(trained_world: TrainedWorld, tmp_path) -> None:
+    """``make demo``'s sample traffic: a seeded sample of listeners, every page answered and
+    every request's features logged (the rows ``homerec drift`` compares with training)."""
+    log = tmp_path / "served"
+    settings = trained_world.settings.model_copy(update={"feature_log_dir": log})
+    sampled = sample_listeners(settings, 12)
+    assert sampled == sample_listeners(settings, 12) and len(set(sampled)) == 12
+    summary = serve_sample(settings, 12)
+    assert summary.pages == 12 and not summary.degraded_shelves
+    logged = read_feature_log(log)
+    assert logged["request_id"].nunique() == 12
+    assert set(logged["listener_id"]) == set(sampled)
+    assert set(logged["shelf"]) == set(SHELF_NAMES)

@@ -77,11 +77,11 @@ POPULAR_PER_TYPE = 50
 EDITORIAL_PER_TYPE = 50
 ALL_AGES = "all"
 NEW_LISTENER_DAYS = 30
+"""Listeners whose account is at most this many days old are new (cold start)."""
 RECENT_DAYS = 3
 """The shortest play-count window of a pair (a listener's current rotation)."""
 SKIP_COMPLETION = 0.15
 """A play that ended before this share of the item is a skip."""
-"""Listeners whose account is at most this many days old are new (cold start)."""
 CELLS_PER_CHUNK = 40_000_000
 """Upper bound on (pairs x days) cells of one listener chunk's dense arrays."""
 
@@ -486,7 +486,8 @@ def _chunk_pairs(world: EncodedWorld, local, item, day, ms) -> _Pairs:
     daily_plays = _daily(pair_of_event, day, n_pairs, n_days)
     cum_plays = _cumulative(daily_plays)
     done = completion(world, item, ms)
-    logit = np.log(np.clip(done, 0.01, 0.99) / (1.0 - np.clip(done, 0.01, 0.99)))
+    bounded = np.clip(done, 0.01, 0.99)
+    logit = np.log(bounded / (1.0 - bounded))
 
     def summed(weights: np.ndarray) -> np.ndarray:
         return _cumulative(_daily(pair_of_event, day, n_pairs, n_days, weights=weights))
@@ -526,10 +527,10 @@ def _build_listener_chunk(
     _accumulate_item_counts(world, chunk, pairs, acc)
 
 
-def _daily_window_per_listener(pair_window: np.ndarray, pair_listener: np.ndarray, n: int):
-    """(listeners x snapshots) sums of a (pairs x snapshots) array."""
-    out = np.zeros((n, pair_window.shape[1]), dtype=pair_window.dtype)
-    np.add.at(out, pair_listener, pair_window)
+def _sum_per_listener(per_pair: np.ndarray, pair_listener: np.ndarray, n: int) -> np.ndarray:
+    """(listeners x columns) sums of a (pairs x columns) array over each listener's pairs."""
+    out = np.zeros((n, per_pair.shape[1]), dtype=per_pair.dtype)
+    np.add.at(out, pair_listener, per_pair)
     return out
 
 
@@ -586,7 +587,7 @@ def _listener_profile_table(
     columns["active_days_28d"] = _window(_cumulative(active.astype(np.int64)), LONG_WINDOW_DAYS)[
         rows_l, rows_s
     ].astype(np.int64)
-    distinct = _daily_window_per_listener(
+    distinct = _sum_per_listener(
         (pairs.long_plays > 0).astype(np.int64), pairs.listener, n_listeners
     )
     columns["distinct_items_28d"] = distinct[rows_l, rows_s]
@@ -641,14 +642,10 @@ def _listener_item_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> p
     listener_code = pairs.listener[rows_p] + chunk.first
     long_plays = pairs.long_plays[rows_p, rows_s]
     last = pairs.last_day[rows_p, rows_s]
-    listener_long = _daily_window_per_listener(
-        pairs.long_plays, pairs.listener, chunk.stop - chunk.first
-    )
-    total_listener = listener_long[pairs.listener[rows_p], rows_s]
-    share = np.where(total_listener > 0, long_plays / np.maximum(total_listener, 1), 0.0)
-    listener_cum = np.zeros((chunk.stop - chunk.first, pairs.cum_plays.shape[1]), np.int64)
-    np.add.at(listener_cum, pairs.listener, pairs.cum_plays)
     owner = pairs.listener[rows_p]
+    listener_cum = _sum_per_listener(pairs.cum_plays, pairs.listener, chunk.stop - chunk.first)
+    total_listener = _window(listener_cum, LONG_WINDOW_DAYS)[owner, rows_s]
+    share = np.where(total_listener > 0, long_plays / np.maximum(total_listener, 1), 0.0)
     elsewhere = listener_cum[owner, rows_s + 1] - listener_cum[owner, last + 1]
 
     def mean_28d(cum: np.ndarray) -> np.ndarray:

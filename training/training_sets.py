@@ -244,37 +244,31 @@ def build_training_set(
         paths.events, columns=["listener_id", "item_id", "timestamp", "ms_played"]
     )
     names = model_feature_names(store, shelf)
-    rows: dict[str, pd.DataFrame] = {}
     columns = [*REQUEST_COLUMNS, "item_id", "source", "reason", *names, "label"]
+
+    def built(requests: pd.DataFrame, what: str, relevant_only: bool = True) -> pd.DataFrame:
+        """``build_rows`` of ``requests``, a batch of snapshots at a time."""
+        batches = tqdm(_snapshot_batches(requests), desc=f"{shelf.name} {what}", unit="batch")
+        return pd.concat(
+            [build_rows(store, shelf, b, events, relevant_only)[columns] for b in batches],
+            ignore_index=True,
+        )
+
+    rows: dict[str, pd.DataFrame] = {}
     for window in ("train", "valid", "test"):
         requests = snapshot_requests(listeners, getattr(split, window), max_requests_per_snapshot)
-        batches = [
-            build_rows(store, shelf, batch, events)[columns]
-            for batch in tqdm(
-                _snapshot_batches(requests), desc=f"{shelf.name} {window}", unit="batch"
-            )
-        ]
-        built = pd.concat(batches, ignore_index=True)
-        rows[window] = built
+        rows[window] = built(requests, window)
         logger.info(
             "%s %s: %d of %d requests with a relevant candidate, %d candidates, %.1f%% positive",
             shelf.name,
             window,
-            built["group"].nunique(),
+            rows[window]["group"].nunique(),
             len(requests),
-            len(built),
-            100 * (built["label"] > 0).mean() if len(built) else 0.0,
+            len(rows[window]),
+            100 * (rows[window]["label"] > 0).mean() if len(rows[window]) else 0.0,
         )
     sample = reference_requests(listeners, shelf, split.train, REFERENCE_REQUESTS)
-    reference = pd.concat(
-        [
-            build_rows(store, shelf, batch, events, relevant_only=False)[columns]
-            for batch in tqdm(
-                _snapshot_batches(sample), desc=f"{shelf.name} reference", unit="batch"
-            )
-        ],
-        ignore_index=True,
-    )
+    reference = built(sample, "reference", relevant_only=False)
     frames = [rows[w] for w in rows] + [reference]
     data_hash = hashlib.sha256("".join(map(frame_hash, frames)).encode()).hexdigest()
     return TrainingSet(shelf.name, rows, names, split, data_hash, reference)

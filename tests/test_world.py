@@ -336,6 +336,54 @@ def test_oracle_is_vectorized_finite_and_zero_for_unknown_ids(world_dir, tables,
     assert len(oracle_scores(world_dir, pairs.iloc[:0])) == 0
 
 
+def _familiar_pairs(events: pd.DataFrame, start: pd.Timestamp) -> pd.DataFrame:
+    """Every (listener, item) played before the snapshot, at the snapshot."""
+    past, _ = _split(events, start)
+    pairs = past[["listener_id", "item_id"]].drop_duplicates().reset_index(drop=True)
+    return pairs.assign(timestamp=start + pd.Timedelta(days=SNAPSHOT_DAY))
+
+
+def test_oracle_play_sources_add_up_to_the_full_score(world_dir, events, start):
+    """Diagnostics: the score is the sum of what each play source contributes."""
+    pairs = _familiar_pairs(events, start)
+    for measure in ("plays", "minutes"):
+        full = oracle_scores(world_dir, pairs, measure=measure)
+        parts = [
+            oracle_scores(world_dir, pairs, measure=measure, sources=[source])
+            for source in world.PLAY_SOURCES
+        ]
+        np.testing.assert_allclose(np.sum(parts, axis=0), full, rtol=1e-9, atol=1e-12)
+        assert all((part > 0).any() for part in parts[:2])  # repeats and taste both count
+    with pytest.raises(ValueError, match=r"unknown play sources \['radio'\]"):
+        oracle_scores(world_dir, pairs, sources=["repeat", "radio"])
+
+
+def test_oracle_with_estimated_affinity(world_dir, tables, events, start):
+    """The true affinities as estimates change nothing; a raised one raises that pair's
+    score and changes no other listener's."""
+    listeners = events["listener_id"].drop_duplicates().to_numpy()[:20]
+    items = tables["items"]["item_id"].to_numpy()
+    pairs = pd.DataFrame(
+        {"listener_id": np.repeat(listeners, len(items)), "item_id": np.tile(items, len(listeners))}
+    ).assign(timestamp=start + pd.Timedelta(days=SNAPSHOT_DAY))
+    truth = world.familiar_affinity(world_dir, pairs)
+    member = ~np.isnan(truth)
+    assert 0 < member.sum() < len(pairs)
+    estimates = pairs[member].assign(affinity=truth[member])
+    full = oracle_scores(world_dir, pairs)
+    np.testing.assert_allclose(oracle_scores(world_dir, pairs, affinity=estimates), full)
+
+    target = int(np.flatnonzero(member)[0])
+    raised = estimates.copy()
+    raised.loc[raised.index == target, "affinity"] += 3.0
+    changed = oracle_scores(world_dir, pairs, affinity=raised)
+    same_listener = (pairs["listener_id"] == pairs.loc[target, "listener_id"]).to_numpy()
+    assert changed[target] > full[target]
+    np.testing.assert_allclose(changed[~same_listener], full[~same_listener])
+    with pytest.raises(ValueError, match="finite"):
+        oracle_scores(world_dir, pairs, affinity=estimates.assign(affinity=np.nan))
+
+
 # --------------------------------------------------------------------------- crash safety
 
 

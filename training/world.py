@@ -48,7 +48,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from functools import cached_property
@@ -97,6 +97,8 @@ STILL_FAMILIAR = np.iinfo(np.int32).max
 
 TRUTH_FILES = ("listeners", "items", "pools", "familiar")
 POPULARITY_CHANNELS = ("popular", "onboarding", "editorial")
+PLAY_SOURCES = ("repeat", "taste", *POPULARITY_CHANNELS)
+"""Where a play comes from: a repeat of a familiar item, or one of the explore channels."""
 
 
 @dataclass(frozen=True)
@@ -1235,6 +1237,8 @@ def oracle_scores(
     *,
     horizon_days: int = 7,
     measure: Literal["plays", "minutes"] = "plays",
+    sources: Collection[str] = PLAY_SOURCES,
+    affinity: pd.DataFrame | None = None,
 ) -> np.ndarray:
     """The generator's expected engagement of each (listener, item) pair after its timestamp.
 
@@ -1246,23 +1250,29 @@ def oracle_scores(
     affinities (its boredom over the horizon in expectation; items that will join later
     are not known), hour profiles, taste, quality, novelty and the channel mix. Rows with
     an unknown listener or item score 0. Reads only ``world.json`` and ``truth/``.
+
+    Two diagnostics ask where the oracle's edge comes from. ``sources`` counts only the
+    plays of those :data:`PLAY_SOURCES` (the scores of all sources add up to the full
+    score). ``affinity`` (columns ``listener_id``, ``item_id``, ``timestamp``,
+    ``affinity``) replaces the hidden affinity of those familiar memberships by estimates;
+    memberships it does not cover get the mean estimate.
     """
     if measure not in ("plays", "minutes"):
         raise ValueError(f"unknown measure {measure!r}: expected 'plays' or 'minutes'")
+    unknown = sorted(set(sources) - set(PLAY_SOURCES))
+    if unknown:
+        raise ValueError(f"unknown play sources {unknown}: expected some of {list(PLAY_SOURCES)}")
     scores = np.zeros(len(pairs), dtype=np.float64)
     if not len(pairs):
         return scores
     truth = _load_truth(Path(world_dir))
-    config = truth.config
-    li = pd.Index(truth.listeners.ids).get_indexer(pairs["listener_id"].astype(object))
-    ij = pd.Index(truth.items.ids).get_indexer(pairs["item_id"].astype(object))
-    stamps = pd.DatetimeIndex(pd.to_datetime(pairs["timestamp"], utc=True)).as_unit("ns")
-    known = (li >= 0) & (ij >= 0) & ~stamps.isna()
+    li, ij, d0 = _pair_codes(truth, pairs)
+    known = (li >= 0) & (ij >= 0) & (d0 > np.iinfo(np.int64).min)
     if not known.any():
         return scores
     rows = np.flatnonzero(known)
-    d0 = -((config.start_ns - stamps.asi8[rows]) // DAY_NS)  # ceil division: first midnight
-    keys, pair_key = np.unique(np.stack([li[rows], d0], axis=1), axis=0, return_inverse=True)
+    estimates = None if affinity is None else _affinity_estimates(truth, affinity)
+    keys, pair_key = np.unique(np.stack([li[rows], d0[rows]], axis=1), axis=0, return_inverse=True)
     pair_key = pair_key.ravel()
     familiar = _read_familiar(truth.familiar_path, keys[:, 0])
     order = np.argsort(pair_key, kind="stable")
@@ -1278,8 +1288,57 @@ def oracle_scores(
             pair_key[sel] - lo,
             ij[rows[sel]],
         )
-        scores[rows[sel]] = oracle.expected(horizon_days, measure)
+        if estimates is not None:
+            oracle.replace_affinity(*estimates)
+        scores[rows[sel]] = oracle.expected(horizon_days, measure, set(sources))
     return scores
+
+
+def familiar_affinity(world_dir: Path, pairs: pd.DataFrame) -> np.ndarray:
+    """The hidden affinity of each pair's familiar membership at the first midnight at or
+    after its ``timestamp`` (NaN where the item is not familiar to the listener then).
+
+    For diagnostics only (how well observable features estimate it); never a feature.
+    """
+    affinity = np.full(len(pairs), np.nan)
+    if not len(pairs):
+        return affinity
+    truth = _load_truth(Path(world_dir))
+    li, ij, d0 = _pair_codes(truth, pairs)
+    rows = np.flatnonzero((li >= 0) & (ij >= 0))
+    if not len(rows):
+        return affinity
+    member = pd.DataFrame({"row": rows, "listener_idx": li[rows], "item_idx": ij[rows]})
+    member["d0"] = d0[rows]
+    member = member.merge(
+        _read_familiar(truth.familiar_path, li[rows]), on=["listener_idx", "item_idx"]
+    )
+    member = member[(member.active_from <= member.d0) & (member.d0 < member.active_until)]
+    affinity[member["row"].to_numpy()] = member["affinity"].to_numpy(np.float64)
+    return affinity
+
+
+def _pair_codes(truth: _Truth, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Listener and item rows (-1: unknown) and first midnight (day index) of each pair
+    (int64 minimum where the timestamp is missing)."""
+    li = pd.Index(truth.listeners.ids).get_indexer(pairs["listener_id"].astype(object))
+    ij = pd.Index(truth.items.ids).get_indexer(pairs["item_id"].astype(object))
+    stamps = pd.DatetimeIndex(pd.to_datetime(pairs["timestamp"], utc=True)).as_unit("ns")
+    start = truth.config.start_ns
+    ns = np.where(stamps.isna(), start, stamps.asi8)
+    d0 = -((start - ns) // DAY_NS)  # ceil division: first midnight
+    return li, ij, np.where(stamps.isna(), np.iinfo(np.int64).min, d0)
+
+
+def _affinity_estimates(truth: _Truth, affinity: pd.DataFrame) -> tuple[pd.Series, float]:
+    """Estimates keyed by (listener row, item row, first midnight), and their mean."""
+    li, ij, d0 = _pair_codes(truth, affinity)
+    values = affinity["affinity"].to_numpy(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("affinity estimates must be finite")
+    index = pd.MultiIndex.from_arrays([li, ij, d0])
+    estimates = pd.Series(values, index=index).groupby(level=[0, 1, 2]).mean()
+    return estimates, float(values.mean()) if len(values) else 0.0
 
 
 @dataclass
@@ -1352,7 +1411,7 @@ class _OracleBlock:
             f_item=f_item,
             f_affinity=f_affinity,
             f_from=member["active_from"].to_numpy(np.int64),
-            f_hazard=_boredom_hazard(lst, key_l[f_key], f_affinity, b) * lst.p_active[key_l[f_key]],
+            f_hazard=_daily_boredom(truth, key_l[f_key], f_affinity),
             fam_row=_lookup(f_key * n_items + f_item, pair_key * n_items + pair_item),
             p_repeat=_repeat_probability(lst, key_l, np.bincount(f_key, minlength=n_keys), b),
             pool_id=pid,
@@ -1371,6 +1430,15 @@ class _OracleBlock:
                 "editorial": np.where(same_market & its.editorial[pair_item], quality, -np.inf),
             },
         )
+
+    def replace_affinity(self, estimates: pd.Series, default: float) -> None:
+        """Use ``estimates`` (keyed by listener row, item row, first day) as the affinity of
+        the block's memberships, ``default`` where there is none."""
+        index = pd.MultiIndex.from_arrays(
+            [self.key_l[self.f_key], self.f_item, self.key_d0[self.f_key]]
+        )
+        self.f_affinity = estimates.reindex(index).fillna(default).to_numpy(np.float64)
+        self.f_hazard = _daily_boredom(self.truth, self.key_l[self.f_key], self.f_affinity)
 
     def familiar_share(self, day: np.ndarray, k: int) -> np.ndarray:
         """P(a repeat play picks the pair's item) on ``day``, ``k`` days after the snapshot."""
@@ -1435,8 +1503,8 @@ class _OracleBlock:
         )
         return minutes * _expected_completion(repeat, b), minutes * _expected_completion(explore, b)
 
-    def expected(self, horizon_days: int, measure: str) -> np.ndarray:
-        """Expected plays (or minutes) of each pair summed over the horizon's days."""
+    def expected(self, horizon_days: int, measure: str, sources: set[str]) -> np.ndarray:
+        """Expected plays (or minutes) from ``sources`` of each pair summed over the horizon."""
         lst = self.truth.listeners
         b = self.truth.config.behaviour
         repeat_gain, explore_gain = self.gains(measure)
@@ -1449,12 +1517,20 @@ class _OracleBlock:
             shares, available = self.popularity_shares(day)
             tenure = day + 0.5 - lst.signup_day[self.key_l]
             mix = _channel_mix(tenure, available, b)[self.pair_key]
+            mix = mix * np.array([name in sources for name in ("taste", *POPULARITY_CHANNELS)])
             explore = mix[:, 0] * self.taste_share(day) + (mix[:, 1:] * shares).sum(axis=1)
-            repeat = self.familiar_share(day, k)
+            repeat = self.familiar_share(day, k) * ("repeat" in sources)
             total += plays * (
                 p_repeat * repeat * repeat_gain + (1.0 - p_repeat) * explore * explore_gain
             )
         return total
+
+
+def _daily_boredom(truth: _Truth, listener_idx: np.ndarray, affinity: np.ndarray) -> np.ndarray:
+    """Expected boredom per day of memberships: the hazard on an active day x P(active)."""
+    listeners = truth.listeners
+    hazard = _boredom_hazard(listeners, listener_idx, affinity, truth.config.behaviour)
+    return hazard * listeners.p_active[listener_idx]
 
 
 def _safe_ratio(weights: np.ndarray, totals: np.ndarray) -> np.ndarray:

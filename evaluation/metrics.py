@@ -35,6 +35,7 @@ from numpy.typing import ArrayLike
 
 __all__ = [
     "average_precision",
+    "bootstrap_gap_closed",
     "catalog_coverage",
     "groups_with_positives",
     "ndcg_at_k",
@@ -348,42 +349,110 @@ def paired_bootstrap_ci(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    clusters: ArrayLike | None = None,
 ) -> dict[str, float]:
     """Paired bootstrap of the mean difference between two per-group metric vectors.
 
     ``a`` (model) and ``b`` (baseline) hold one value per group, for the same groups in
     the same order. Groups are resampled with replacement (the same draw for a and b,
-    which keeps the pairing); each resample gives mean(a - b). Returns
-    ``{"diff": mean(a - b), "low": ..., "high": ...}`` where low/high are the
-    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles (numpy's default
-    linear interpolation) of the resampled means. Deterministic for a given ``seed``.
-    Resamples are drawn as index matrices in chunks, not one Python step per resample.
+    which keeps the pairing); each resample gives mean(a - b). With ``clusters`` (one
+    label per group, e.g. the listener of each request) whole clusters are resampled
+    instead, so correlated groups of one cluster move together and the interval is not
+    too narrow. Returns ``{"diff": mean(a - b), "low": ..., "high": ...}`` where low/high
+    are the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles (numpy's
+    default linear interpolation) of the resampled means. Deterministic for a given
+    ``seed``. Resamples are drawn as index matrices in chunks, not one Python step per
+    resample.
     """
-    a_arr = _as_1d("a", a).astype(np.float64)
-    b_arr = _as_1d("b", b).astype(np.float64)
+    _check_bootstrap(n_resamples, confidence)
+    a_arr, b_arr = _paired("a", a, "b", b)
+    diff = a_arr - b_arr
+    means = _resampled_means(diff[None, :], clusters, n_resamples, seed)[:, 0]
+    low, high = _interval(means, confidence)
+    return {"diff": float(diff.mean()), "low": low, "high": high}
+
+
+def bootstrap_gap_closed(
+    model: ArrayLike,
+    baseline: ArrayLike,
+    oracle: ArrayLike,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    clusters: ArrayLike | None = None,
+) -> dict[str, float | None]:
+    """The share of the baseline→oracle gap the model closes, with a bootstrap interval.
+
+    Per-group metric vectors as in :func:`paired_bootstrap_ci` (same resampling, same
+    ``clusters``); each resample gives mean(model - baseline) / mean(oracle - baseline).
+    Returns ``{"gap_closed": ..., "low": ..., "high": ...}``, all None when the oracle
+    does not beat the baseline on average; resamples where it does not are left out.
+    """
+    _check_bootstrap(n_resamples, confidence)
+    model_arr, baseline_arr = _paired("model", model, "baseline", baseline)
+    _, oracle_arr = _paired("model", model, "oracle", oracle)
+    lift = np.stack([model_arr - baseline_arr, oracle_arr - baseline_arr])
+    if lift[1].mean() <= 0:
+        return {"gap_closed": None, "low": None, "high": None}
+    means = _resampled_means(lift, clusters, n_resamples, seed)
+    ratios = means[means[:, 1] > 0]
+    low, high = _interval(ratios[:, 0] / ratios[:, 1], confidence)
+    return {"gap_closed": float(lift[0].mean() / lift[1].mean()), "low": low, "high": high}
+
+
+def _paired(name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    a_arr = _as_1d(name_a, a).astype(np.float64)
+    b_arr = _as_1d(name_b, b).astype(np.float64)
     if len(a_arr) != len(b_arr):
-        raise ValueError(f"a and b must have the same length, got {len(a_arr)} and {len(b_arr)}")
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same length, got {len(a_arr)} and {len(b_arr)}"
+        )
     if len(a_arr) == 0:
-        raise ValueError("a and b are empty; need at least one group")
+        raise ValueError(f"{name_a} and {name_b} are empty; need at least one group")
     if np.isnan(a_arr).any() or np.isnan(b_arr).any():
-        raise ValueError("a and b must not contain NaN")
+        raise ValueError(f"{name_a} and {name_b} must not contain NaN")
+    return a_arr, b_arr
+
+
+def _resampled_means(
+    values: np.ndarray, clusters: ArrayLike | None, n_resamples: int, seed: int
+) -> np.ndarray:
+    """Bootstrap means of each row of ``values`` (rows x groups), resampling clusters of
+    groups (each group its own cluster by default); shape (n_resamples, rows)."""
+    n_groups = values.shape[1]
+    if clusters is None:
+        sums, counts = values, np.ones(n_groups)
+    else:
+        labels = np.asarray(clusters)
+        if labels.shape != (n_groups,):
+            raise ValueError(
+                f"clusters must hold one label per group ({n_groups}), got {labels.shape}"
+            )
+        _, inverse = np.unique(labels, return_inverse=True)
+        counts = np.bincount(inverse).astype(np.float64)
+        sums = np.stack([np.bincount(inverse, weights=row) for row in values])
+    n = len(counts)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // n)
+    means = np.empty((n_resamples, len(values)))
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        indices = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = (sums[:, indices].sum(axis=2) / counts[indices].sum(axis=1)).T
+    return means
+
+
+def _check_bootstrap(n_resamples: int, confidence: float) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
 
-    diff = a_arr - b_arr
-    n = len(diff)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // n)
-    means = np.empty(n_resamples)
-    for start in range(0, n_resamples, chunk):
-        stop = min(start + chunk, n_resamples)
-        indices = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = diff[indices].mean(axis=1)
+
+def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return {"diff": float(diff.mean()), "low": float(low), "high": float(high)}
+    low, high = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
 
 
 def summarize(

@@ -9,6 +9,7 @@ from sklearn.metrics import ndcg_score
 from evaluation import metrics
 from evaluation.metrics import (
     average_precision,
+    bootstrap_gap_closed,
     catalog_coverage,
     groups_with_positives,
     ndcg_at_k,
@@ -303,6 +304,65 @@ def test_bootstrap_does_not_depend_on_chunk_size(monkeypatch: pytest.MonkeyPatch
     whole = paired_bootstrap_ci(a, b, n_resamples=300)
     monkeypatch.setattr(metrics, "_BOOTSTRAP_CHUNK_ELEMENTS", 7 * 1000)
     assert paired_bootstrap_ci(a, b, n_resamples=300) == whole
+
+
+def test_bootstrap_with_one_group_per_cluster_is_the_plain_bootstrap() -> None:
+    """Guards: clusters of one group change nothing."""
+    rng = np.random.default_rng(4)
+    a, b = rng.random(400), rng.random(400)
+    plain = paired_bootstrap_ci(a, b, n_resamples=300)
+    assert paired_bootstrap_ci(a, b, n_resamples=300, clusters=np.arange(400) * 3) == plain
+
+
+def test_bootstrap_resamples_whole_clusters() -> None:
+    """Guards: a listener's repeated requests are not independent evidence. Seven copies
+    of each of 200 groups give the plain interval of the 200 when clustered, and a
+    falsely narrow one (about 1/sqrt(7)) when each copy counts on its own."""
+    rng = np.random.default_rng(5)
+    a, b = rng.random(200), rng.random(200)
+    once = paired_bootstrap_ci(a, b, n_resamples=2000)
+    copies = np.tile(np.arange(200), 7)
+    clustered = paired_bootstrap_ci(a[copies], b[copies], n_resamples=2000, clusters=copies)
+    naive = paired_bootstrap_ci(a[copies], b[copies], n_resamples=2000)
+    width = {
+        name: r["high"] - r["low"]
+        for name, r in [("once", once), ("clustered", clustered), ("naive", naive)]
+    }
+    assert clustered["diff"] == pytest.approx(once["diff"])
+    assert width["clustered"] == pytest.approx(width["once"], rel=0.15)
+    assert width["naive"] == pytest.approx(width["once"] / np.sqrt(7), rel=0.15)
+    with pytest.raises(ValueError, match="one label per group"):
+        paired_bootstrap_ci(a, b, clusters=np.arange(3))
+
+
+def test_bootstrap_gap_closed() -> None:
+    """Guards: the ratio of mean lifts, its interval from the same resamples as a loop
+    computes it, and None when the oracle does not beat the baseline."""
+    rng = np.random.default_rng(6)
+    baseline = rng.random(300)
+    oracle = baseline + rng.random(300)
+    model = baseline + 0.5 * (oracle - baseline)
+    exact = bootstrap_gap_closed(model, baseline, oracle)
+    assert exact == pytest.approx({"gap_closed": 0.5, "low": 0.5, "high": 0.5})
+
+    model = baseline + rng.normal(0.3, 0.5, 300)
+    clusters = rng.integers(0, 60, 300)
+    result = bootstrap_gap_closed(
+        model, baseline, oracle, n_resamples=200, seed=3, clusters=clusters
+    )
+    ratio = (model - baseline).mean() / (oracle - baseline).mean()
+    assert result["gap_closed"] == pytest.approx(ratio)
+    reference = np.random.default_rng(3)
+    ratios = []
+    for _ in range(200):
+        drawn = reference.integers(0, 60, size=60)
+        rows = np.concatenate([np.flatnonzero(clusters == c) for c in drawn])
+        ratios.append((model - baseline)[rows].mean() / (oracle - baseline)[rows].mean())
+    low, high = np.quantile(ratios, [0.025, 0.975])
+    assert result["low"] == pytest.approx(low) and result["high"] == pytest.approx(high)
+    assert result["low"] < ratio < result["high"]
+    none = {"gap_closed": None, "low": None, "high": None}
+    assert bootstrap_gap_closed(model, baseline, baseline) == none
 
 
 # --- bad input -----------------------------------------------------------------------------

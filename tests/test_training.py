@@ -314,6 +314,9 @@ def test_report_has_every_system_metric_slice_and_comparison(trained_world: Trai
         assert low <= comparison["ndcg@10_diff"] <= high
         diff = shelf_report["model"]["ndcg@10"] - shelf_report["baseline"]["ndcg@10"]
         assert comparison["ndcg@10_diff"] == pytest.approx(diff)
+        assert comparison["resampled"] == "listeners"
+        gap_low, gap_high = comparison["gap_closed_ci95"]
+        assert gap_low <= comparison["gap_closed"] <= gap_high
         assert set(shelf_report["slices"]) == {"tenure", "market", "platform"}
         for values in shelf_report["slices"].values():
             for entry in values.values():

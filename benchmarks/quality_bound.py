@@ -33,14 +33,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from evaluation.metrics import ndcg_at_k
-from evaluation.report import PRIMARY_K, oracle_available
+from evaluation.report import PRIMARY_K, oracle_available, oracle_pairs, oracle_ranking_scores
 from training.candidates import audience_rows
 from training.rankers import load_ranker
 from training.settings import Settings
 from training.shelves import Shelf, load_shelves
 from training.train import baseline_ranker, model_dir, training_set_dir
 from training.training_sets import TrainingSet, load_training_set
-from training.world import PLAY_SOURCES, POPULARITY_CHANNELS, familiar_affinity, oracle_scores
+from training.world import PLAY_SOURCES, POPULARITY_CHANNELS, familiar_affinity
 
 MIN_MEMBERS = 1000
 SOURCE_VARIANTS = {
@@ -48,12 +48,6 @@ SOURCE_VARIANTS = {
     "oracle: taste channel only": ["taste"],
     "oracle: popularity channels only": list(POPULARITY_CHANNELS),
 }
-
-
-def _pairs(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[["listener_id", "item_id", "event_timestamp"]].rename(
-        columns={"event_timestamp": "timestamp"}
-    )
 
 
 def _ndcg(frame: pd.DataFrame, score: np.ndarray) -> float:
@@ -77,8 +71,8 @@ def estimated_affinity(
     a regression of the hidden affinity on the model features of the train window's
     familiar pairs. None when the test rows hold fewer than MIN_MEMBERS familiar pairs."""
     train = training_set.rows["train"]
-    train_truth = familiar_affinity(world_dir, _pairs(train))
-    test_truth = familiar_affinity(world_dir, _pairs(test))
+    train_truth = familiar_affinity(world_dir, oracle_pairs(train))
+    test_truth = familiar_affinity(world_dir, oracle_pairs(test))
     train_member, test_member = ~np.isnan(train_truth), ~np.isnan(test_truth)
     if test_member.sum() < MIN_MEMBERS:
         return None
@@ -98,7 +92,7 @@ def estimated_affinity(
     estimate = regression.predict(_model_inputs(members, names)).astype(np.float64)
     truth = test_truth[test_member]
     r2 = 1.0 - float(np.mean((estimate - truth) ** 2) / np.var(truth))
-    return _pairs(members).assign(affinity=estimate), r2, int(test_member.sum())
+    return oracle_pairs(members).assign(affinity=estimate), r2, int(test_member.sum())
 
 
 def shelf_bounds(settings: Settings, shelf: Shelf) -> dict[str, Any]:
@@ -106,21 +100,19 @@ def shelf_bounds(settings: Settings, shelf: Shelf) -> dict[str, Any]:
     training_set = load_training_set(training_set_dir(settings, shelf.name))
     test = audience_rows(shelf, training_set.rows["test"])
     model, _ = load_ranker(model_dir(settings, shelf.name))
-    label = {"horizon_days": shelf.label.horizon_days, "measure": shelf.label.grade}
-    world_dir, pairs = settings.world_dir, _pairs(test)
     scores = {
         "baseline": baseline_ranker(shelf).predict(test),
         "model": model.predict(test),
-        "oracle": oracle_scores(world_dir, pairs, **label),
+        "oracle": oracle_ranking_scores(settings, shelf, test),
     }
     for name, sources in SOURCE_VARIANTS.items():
-        scores[name] = oracle_scores(world_dir, pairs, sources=sources, **label)
+        scores[name] = oracle_ranking_scores(settings, shelf, test, sources=sources)
     result: dict[str, Any] = {"groups": int(test["group"].nunique())}
-    estimates = estimated_affinity(world_dir, training_set, test)
+    estimates = estimated_affinity(settings.world_dir, training_set, test)
     if estimates is not None:
         affinity, r2, members = estimates
         name = "oracle: affinity estimated from features"
-        scores[name] = oracle_scores(world_dir, pairs, affinity=affinity, **label)
+        scores[name] = oracle_ranking_scores(settings, shelf, test, affinity=affinity)
         result["affinity_estimate"] = {"r2": r2, "familiar_test_rows": members}
     ndcg = {name: _ndcg(test, score) for name, score in scores.items()}
     gap = ndcg["oracle"] - ndcg["baseline"]

@@ -43,15 +43,26 @@ def oracle_available(settings: Settings) -> bool:
     return meta.get("source") == "synthetic" and WorldPaths(settings.world_dir).truth.exists()
 
 
-def oracle_ranking_scores(settings: Settings, shelf: Shelf, frame: pd.DataFrame) -> np.ndarray:
-    """The generator's expected engagement: the best ranking any model could produce."""
-    from training.world import oracle_scores
-
-    pairs = frame[["listener_id", "item_id", "event_timestamp"]].rename(
+def oracle_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The (listener_id, item_id, timestamp) pairs the oracle scores, from training rows."""
+    return frame[["listener_id", "item_id", "event_timestamp"]].rename(
         columns={"event_timestamp": "timestamp"}
     )
+
+
+def oracle_ranking_scores(
+    settings: Settings, shelf: Shelf, frame: pd.DataFrame, **diagnostics: Any
+) -> np.ndarray:
+    """The generator's expected engagement under the shelf's label: the best ranking any
+    model could produce. ``diagnostics`` go to ``oracle_scores`` (sources, affinity)."""
+    from training.world import oracle_scores
+
     return oracle_scores(
-        settings.world_dir, pairs, horizon_days=shelf.label.horizon_days, measure=shelf.label.grade
+        settings.world_dir,
+        oracle_pairs(frame),
+        horizon_days=shelf.label.horizon_days,
+        measure=shelf.label.grade,
+        **diagnostics,
     )
 
 

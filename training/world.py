@@ -1310,12 +1310,17 @@ def familiar_affinity(world_dir: Path, pairs: pd.DataFrame) -> np.ndarray:
         return affinity
     member = pd.DataFrame({"row": rows, "listener_idx": li[rows], "item_idx": ij[rows]})
     member["d0"] = d0[rows]
-    member = member.merge(
-        _read_familiar(truth.familiar_path, li[rows]), on=["listener_idx", "item_idx"]
-    )
-    member = member[(member.active_from <= member.d0) & (member.d0 < member.active_until)]
+    familiar = _read_familiar(truth.familiar_path, li[rows])
+    member = _memberships_at_d0(member, familiar, on=["listener_idx", "item_idx"])
     affinity[member["row"].to_numpy()] = member["affinity"].to_numpy(np.float64)
     return affinity
+
+
+def _memberships_at_d0(rows: pd.DataFrame, familiar: pd.DataFrame, on: list[str]) -> pd.DataFrame:
+    """``rows`` (with a ``d0`` day) joined on ``on`` to the familiar memberships active on
+    that day."""
+    member = rows.merge(familiar, on=on)
+    return member[(member.active_from <= member.d0) & (member.d0 < member.active_until)]
 
 
 def _pair_codes(truth: _Truth, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1388,8 +1393,7 @@ class _OracleBlock:
         exp_hour = np.exp(_hour_affinity(its).astype(np.float64))
         pair_hour = _hour_distribution(lst.hour_weights[key_l], lst.hour_shift[key_l])[pair_key]
         keys = pd.DataFrame({"key": np.arange(n_keys), "listener_idx": key_l, "d0": key_d0})
-        member = keys.merge(familiar, on="listener_idx")
-        member = member[(member.active_from <= member.d0) & (member.d0 < member.active_until)]
+        member = _memberships_at_d0(keys, familiar, on=["listener_idx"])
         f_key = member["key"].to_numpy()
         f_item = member["item_idx"].to_numpy(np.int64)
         f_affinity = member["affinity"].to_numpy(np.float64)

@@ -23,6 +23,7 @@ from evaluation.drift_job import (
     DEFAULT_CONFIG_FILE,
     DriftJobError,
     DriftRun,
+    ShelfDrift,
     check_window,
     load_drift_config,
     parse_instant,
@@ -69,6 +70,14 @@ def _report_lines(title: str, report: DriftReport) -> list[str]:
     return lines
 
 
+def _skipped(shelf: str, result: ShelfDrift) -> list[str]:
+    """One line per served-log file the check had to skip."""
+    return [
+        f"{shelf}: skipped unreadable served-log file {name} (torn or corrupt)"
+        for name in result.unreadable_files
+    ]
+
+
 def format_run(run: DriftRun) -> str:
     """The text output: every shelf's distances, drifted features marked."""
     lines: list[str] = []
@@ -78,6 +87,7 @@ def format_run(run: DriftRun) -> str:
         lines += _report_lines(title, result.report)
         for pair, report in result.training.items():
             lines += _report_lines(f"{shelf} training windows {pair}", report)
+        lines += _skipped(shelf, result)
         lines.append("")
     if run.breach:
         lines.append("drift: BREACH")
@@ -106,6 +116,7 @@ def summary_lines(run: DriftRun) -> list[str]:
             f" {report.reference_rows} training rows; largest distance {largest};"
             f" drifted: {drifted}"
         )
+    lines += [line for shelf, result in run.shelves.items() for line in _skipped(shelf, result)]
     lines += [f"{shelf}: not checked: {message}" for shelf, message in run.errors.items()]
     return lines
 

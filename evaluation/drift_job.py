@@ -45,7 +45,7 @@ from evaluation.drift import (
     profile_json,
     profile_on,
 )
-from serving.feature_log import LOG_COLUMNS, read_feature_log
+from serving.feature_log import LOG_COLUMNS, LoggedRows, read_logged_rows
 from training.registry import PRODUCTION, PROFILE_FILE, ModelRegistry, RegistryError
 from training.schema import atomic_write_text
 from training.settings import Settings
@@ -269,21 +269,22 @@ def _as_utc(values: pd.Series) -> pd.Series:
     return values.dt.tz_localize(UTC) if values.dt.tz is None else values.dt.tz_convert(UTC)
 
 
-def served_rows(
-    log_dir: Path, shelf: str, since: pd.Timestamp, until: pd.Timestamp
-) -> pd.DataFrame:
-    """Logged rows of ``shelf`` with ``since <= served_at < until``; DriftJobError when none."""
+def served_rows(log_dir: Path, shelf: str, since: pd.Timestamp, until: pd.Timestamp) -> LoggedRows:
+    """Logged rows of ``shelf`` with ``since <= served_at < until`` (and the log files that
+    could not be read); DriftJobError when there are no rows."""
     check_window(since, until)
-    log = read_feature_log(log_dir, shelf)
+    logged = read_logged_rows(log_dir, shelf)
+    log = logged.rows
     if len(log):
         served_at = _as_utc(log["served_at"])
         log = log[((served_at >= since) & (served_at < until)).to_numpy()]
     if not len(log):
+        torn = f" ({len(logged.unreadable)} unreadable files skipped)" if logged.unreadable else ""
         raise DriftJobError(
             f"{shelf}: no served features logged in [{since.isoformat()}, {until.isoformat()}) "
-            f"under {Path(log_dir) / shelf}"
+            f"under {Path(log_dir) / shelf}{torn}"
         )
-    return log.reset_index(drop=True)
+    return LoggedRows(log.reset_index(drop=True), logged.unreadable)
 
 
 def training_window_reports(
@@ -318,7 +319,8 @@ def _window(since: pd.Timestamp, until: pd.Timestamp) -> dict[str, str]:
 class ShelfDrift:
     """One shelf's drift check: the production ``model_version``'s reference against the
     rows served in ``[since, until)`` (``report``), and optionally consecutive training
-    windows (``training``, keyed ``"train->valid"``, ``"valid->test"``)."""
+    windows (``training``, keyed ``"train->valid"``, ``"valid->test"``). Served-log files
+    that could not be read were skipped and are named in ``unreadable_files``."""
 
     shelf: str
     model_version: int
@@ -326,6 +328,7 @@ class ShelfDrift:
     until: pd.Timestamp
     report: DriftReport
     training: Mapping[str, DriftReport] = field(default_factory=dict)
+    unreadable_files: tuple[str, ...] = ()
 
     @property
     def breach(self) -> bool:
@@ -338,6 +341,7 @@ class ShelfDrift:
         data = self.report.to_dict() | {
             "model_version": self.model_version,
             "window": _window(self.since, self.until),
+            "unreadable_files": list(self.unreadable_files),
         }
         if self.training:
             data["training"] = {pair: r.to_dict() for pair, r in self.training.items()}
@@ -358,7 +362,8 @@ def check_shelf(
     version = registry.resolve(shelf, PRODUCTION)
     training_dir = training_set_dir(settings, shelf)
     reference = reference_profile(registry, shelf, version, training_dir)
-    rows = served_rows(settings.served_features_dir, shelf, since, until)
+    logged = served_rows(settings.served_features_dir, shelf, since, until)
+    rows = logged.rows
     requests = request_count(rows)
     rows = rows.drop(columns=[c for c in LOG_COLUMNS if c in rows and c not in reference.features])
     report = compare(
@@ -368,7 +373,10 @@ def check_shelf(
     if compare_training:
         names = list(reference.features)
         training = training_window_reports(load_training_set(training_dir), names, config)
-    result = ShelfDrift(shelf, version, since, until, report, training)
+    unreadable = tuple(
+        str(path.relative_to(settings.served_features_dir)) for path in logged.unreadable
+    )
+    result = ShelfDrift(shelf, version, since, until, report, training, unreadable)
     for what, checked in {"served features": report, **training}.items():
         if checked.breach:
             logger.warning(

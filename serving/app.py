@@ -10,7 +10,8 @@ Routes::
     POST /v1/rank                caller-chosen items ranked by one shelf's model
     POST /admin/reload           reload store snapshot and models (bearer token; 404 when
                                  no token is configured)
-    GET  /dashboard              manual evaluation page (serving/dashboard.py)
+    GET  /dashboard              manual evaluation page (serving/dashboard.py; its data
+                                 behind HOMEREC_DASHBOARD_TOKEN, see serving/deps.py)
     GET  /docs                   OpenAPI
 
 The lifespan loads everything once (Feast store, entity snapshot, shelves, models,
@@ -23,37 +24,28 @@ import.
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import uvicorn
-from fastapi import (
-    APIRouter,
-    Depends,
-    FastAPI,
-    Header,
-    HTTPException,
-    Path,
-    Query,
-    Request,
-    Response,
-    status,
-)
-from fastapi.encoders import jsonable_encoder
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.dashboard import dashboard_router
+from serving.deps import AdminAccess, LoadedRanker
+from serving.errors import http_error, unexpected_error, validation_error, without_paths
 from serving.feature_log import FeatureLog
 from serving.metrics import ServingMetrics
+from serving.middleware import ServingMiddleware
 from serving.ranking import HomeRanker
 from serving.schemas import (
     ID_PATTERN,
@@ -156,17 +148,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 # --------------------------------------------------------------------------- dependencies
 
 
-def loaded_ranker(request: Request) -> HomeRanker:
-    ranker: HomeRanker | None = request.app.state.ranker
-    if ranker is None:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"not ready: {request.app.state.startup_error or 'loading'}",
-        )
-    return ranker
-
-
-LoadedRanker = Annotated[HomeRanker, Depends(loaded_ranker)]
 ListenerId = Annotated[
     str, Path(pattern=ID_PATTERN, description="Letters, digits and _ . : -, 1-128 chars.")
 ]
@@ -195,92 +176,6 @@ def _known_shelf(ranker: HomeRanker, name: str) -> str:
 # --------------------------------------------------------------------------- app
 
 
-async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 body plus a one-line ``message`` naming each bad field."""
-    errors = error.errors()
-    message = "; ".join(
-        f"{'.'.join(str(part) for part in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in errors
-    )
-    return JSONResponse(
-        status_code=422,
-        content={"detail": jsonable_encoder(errors), "message": message},
-    )
-
-
-class ServingMiddleware:
-    """Pure ASGI: a request id header, the body size limit and per-route latency metrics.
-
-    The limit is checked on ``Content-Length`` and, for a body without one (chunked), on
-    the bytes received: such a body is read up to the limit before the app sees it, so an
-    oversized one is answered 413 (naming the limit) instead of being parsed."""
-
-    def __init__(self, app: Any, metrics: ServingMetrics, max_body_bytes: int) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        status_code = 500
-
-        async def send_with_id(message: dict) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-            await send(message)
-
-        try:
-            body_receive = await self._bounded_body(scope, receive)
-            if body_receive is None:
-                await self._too_large(scope, receive, send_with_id)
-            else:
-                await self.app(scope, body_receive, send_with_id)
-        finally:
-            label = getattr(scope.get("route"), "path", "unmatched")
-            elapsed = time.perf_counter() - started
-            self.metrics.request_seconds.labels(route=label).observe(elapsed)
-            self.metrics.requests.labels(route=label, status=str(status_code)).inc()
-
-    async def _bounded_body(self, scope: dict, receive: Any) -> Any:
-        """``receive`` for the app, or None when the body is over the limit."""
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None:
-            return None if length.isdigit() and int(length) > self.max_body_bytes else receive
-        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            return receive
-        messages, size = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                return None
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-
-        async def replay() -> dict:
-            return messages.pop(0) if messages else await receive()
-
-        return replay
-
-    async def _too_large(self, scope: dict, receive: Any, send: Any) -> None:
-        limit = self.max_body_bytes
-        response = JSONResponse(
-            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            content={
-                "detail": f"request body exceeds {limit} bytes",
-                "message": f"body: larger than the limit of {limit} bytes",
-            },
-        )
-        await response(scope, receive, send)
-
-
 def _request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
 
@@ -300,7 +195,12 @@ def ready(request: Request) -> Ready | JSONResponse:
     ranker: HomeRanker | None = request.app.state.ranker
     if ranker is None:
         error = request.app.state.startup_error
-        body = NotReady(status="failed" if error else "loading", error=error)
+        error = None if error is None else without_paths(error)
+        body = NotReady(
+            status="failed" if error else "loading",
+            error=error,
+            message=f"not ready: {error or 'loading'}",
+        )
         return JSONResponse(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content=body.model_dump()
         )
@@ -308,18 +208,21 @@ def ready(request: Request) -> Ready | JSONResponse:
 
 
 def _ready(ranker: HomeRanker) -> Ready:
+    shelves = [
+        ShelfModelInfo(
+            shelf=name,
+            model=m.model,
+            version=m.version,
+            blessed=m.served.blessed,
+            override=m.override,
+            degraded=m.degraded,
+            problem=None if m.problem is None else without_paths(m.problem),
+        )
+        for name, m in ranker.models.items()
+    ]
+    healthy = all(not shelf.degraded and shelf.problem is None for shelf in shelves)
     return Ready(
-        snapshot=ranker.snapshot.version,
-        shelves=[
-            ShelfModelInfo(
-                shelf=name,
-                model=m.model,
-                version=m.version,
-                degraded=m.degraded,
-                problem=m.problem,
-            )
-            for name, m in ranker.models.items()
-        ],
+        status="ready" if healthy else "degraded", snapshot=ranker.snapshot.version, shelves=shelves
     )
 
 
@@ -363,28 +266,11 @@ def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _check_admin_token(request: Request, authorization: str | None) -> None:
-    """404 when no admin token is configured (the endpoint is off); 401 unless the
-    ``Authorization: Bearer <token>`` header matches it, compared in constant time."""
-    configured = request.app.state.settings.serve_admin_token
-    if configured is None or not configured.get_secret_value():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="admin endpoints are disabled")
-    scheme, _, given = (authorization or "").partition(" ")
-    expected = configured.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="a valid bearer token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-@router.post("/admin/reload", response_model=Ready, responses={401: {}, 404: {}})
-async def admin_reload(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Ready:
+@router.post(
+    "/admin/reload", response_model=Ready, responses={401: {}, 404: {}}, dependencies=[AdminAccess]
+)
+async def admin_reload(request: Request) -> Ready:
     """Reload the store snapshot, shelves and production models without dropping requests."""
-    _check_admin_token(request, authorization)
     try:
         ranker = await reload_ranker(request.app, "admin request")
     except Exception as error:
@@ -408,9 +294,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.feature_log = None
     app.state.metrics = ServingMetrics()
     app.state.reload_lock = asyncio.Lock()
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(
-        ServingMiddleware, metrics=app.state.metrics, max_body_bytes=settings.serve_max_body_bytes
+        ServingMiddleware,
+        metrics=app.state.metrics,
+        max_body_bytes=settings.serve_max_body_bytes,
+        max_header_bytes=settings.serve_max_header_bytes,
+        max_headers=settings.serve_max_headers,
     )
     app.include_router(router)
     app.include_router(dashboard_router)
@@ -426,4 +318,10 @@ def app_from_env() -> FastAPI:
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the Home ranker with uvicorn until interrupted (the ``homerec serve`` command)."""
     logger.info("serving %s on http://%s:%d", settings.data_dir, host, port)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        h11_max_incomplete_event_size=settings.serve_max_header_bytes,
+    )

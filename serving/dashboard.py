@@ -37,12 +37,13 @@ from typing import Annotated, Any, Literal, TypeVar
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import HTMLResponse
 
 from evaluation.drift_job import latest_report_path as drift_report_path
 from evaluation.report import PRIMARY_K, slice_labels
 from evaluation.report import latest_report_path as evaluation_report_path
+from serving.deps import AppSettings, DashboardAccess, DashboardEnabled, LoadedRanker
 from serving.metrics import ServingMetrics
 from serving.online_features import FastOnlineReader
 from serving.ranking import (
@@ -100,20 +101,6 @@ _CSP = (
 # --------------------------------------------------------------------------- dependencies
 
 
-def _loaded_ranker(request: Request) -> HomeRanker:
-    """The serving state, or 503 while it loads (serving.app's own dependency; imported
-    here, not at module level, because serving.app imports this module to mount it)."""
-    from serving.app import loaded_ranker
-
-    return loaded_ranker(request)
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-LoadedRanker = Annotated[HomeRanker, Depends(_loaded_ranker)]
-AppSettings = Annotated[Settings, Depends(_settings)]
 ListenerId = Annotated[
     str, Path(pattern=ID_PATTERN, description="Letters, digits and _ . : -, 1-128 chars.")
 ]
@@ -192,10 +179,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _read_json(path: FilePath) -> dict[str, Any]:
+def _read_json(path: FilePath, data_dir: FilePath) -> dict[str, Any]:
     """``{"available", "path", "modified_at", "content" | "error"}`` for a JSON object file
-    another command writes: absent or unreadable is a state to show, not a server error."""
-    answer: dict[str, Any] = {"available": False, "path": str(path), "modified_at": None}
+    another command writes: absent or unreadable is a state to show, not a server error.
+    ``path`` is shown relative to ``data_dir`` (no filesystem paths in responses)."""
+    shown = path.relative_to(data_dir) if path.is_relative_to(data_dir) else path.name
+    answer: dict[str, Any] = {"available": False, "path": str(shown), "modified_at": None}
     try:
         text = path.read_text(encoding="utf-8")
         modified = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()
@@ -537,7 +526,7 @@ def _slices(evaluation: Mapping[str, Any]) -> dict[str, Any]:
 def shelf_metrics(settings: Settings, shelves: list[Shelf]) -> dict[str, Any]:
     """Per shelf: versions (model vs baseline NDCG recorded at training) and, from the
     latest evaluation file, test-window NDCG@10 overall and by slice."""
-    evaluation = _read_json(evaluation_report_path(settings))
+    evaluation = _read_json(evaluation_report_path(settings), settings.data_dir)
     reports = (evaluation.get("content") or {}).get("shelves") or {}
     key = f"ndcg@{PRIMARY_K}"
     answer = []
@@ -571,7 +560,12 @@ def shelf_metrics(settings: Settings, shelves: list[Shelf]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- routes
 
-dashboard_router = APIRouter(prefix="/dashboard", tags=["dashboard"])
+dashboard_router = APIRouter(
+    prefix="/dashboard", tags=["dashboard"], dependencies=[DashboardEnabled]
+)
+dashboard_api = APIRouter(prefix="/api", dependencies=[DashboardAccess])
+"""The JSON routes (listener data): behind the dashboard token when one is configured.
+The page itself holds no data; its script sends the token it was opened with."""
 
 
 @cache
@@ -585,7 +579,7 @@ def dashboard_page() -> HTMLResponse:
     return HTMLResponse(_page_html(), headers={"Content-Security-Policy": _CSP})
 
 
-@dashboard_router.get("/api/listeners")
+@dashboard_api.get("/listeners")
 def listeners(
     ranker: LoadedRanker,
     settings: AppSettings,
@@ -608,7 +602,7 @@ def listeners(
     }
 
 
-@dashboard_router.get("/api/listener/{listener_id}")
+@dashboard_api.get("/listener/{listener_id}")
 def listener(
     listener_id: ListenerId, ranker: LoadedRanker, settings: AppSettings
 ) -> dict[str, Any]:
@@ -644,7 +638,7 @@ def listener(
     }
 
 
-@dashboard_router.get("/api/compare/{listener_id}")
+@dashboard_api.get("/compare/{listener_id}")
 def compare(
     listener_id: ListenerId,
     ranker: LoadedRanker,
@@ -655,15 +649,18 @@ def compare(
     return compare_pages(ranker, settings, listener_id, k)
 
 
-@dashboard_router.get("/api/metrics")
+@dashboard_api.get("/metrics")
 def metrics(ranker: LoadedRanker, settings: AppSettings) -> dict[str, Any]:
     """Per shelf: model vs baseline NDCG across versions, NDCG@10 by slice."""
     return shelf_metrics(settings, ranker.shelves)
 
 
-@dashboard_router.get("/api/drift")
+@dashboard_api.get("/drift")
 def drift(settings: AppSettings) -> dict[str, Any]:
     """The latest drift report as ``homerec drift`` wrote it (``available`` false if none)."""
-    answer = _read_json(drift_report_path(settings))
+    answer = _read_json(drift_report_path(settings), settings.data_dir)
     content = answer.pop("content", None)
     return answer | {"report": content}
+
+
+dashboard_router.include_router(dashboard_api)

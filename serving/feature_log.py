@@ -9,7 +9,8 @@ per ``flush_seconds``) and shelf::
 Each row: ``request_id``, ``shelf``, ``model``, ``model_version``, ``served_at`` (UTC),
 ``listener_id``, ``item_id`` and the model's features. Memory is bounded: the queue holds
 at most ``max_rows`` rows and drops (and counts) what does not fit. Files are written to a
-temp name and renamed, so readers see whole files only. ``close()`` flushes everything.
+temp name and renamed, so readers see whole files only; temp files a killed server left
+are removed when the next log starts. ``close()`` flushes everything.
 """
 
 import logging
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from training.schema import atomic_writer, remove_leftovers
+
 logger = logging.getLogger(__name__)
 
 LOG_COLUMNS = [
@@ -36,6 +39,8 @@ LOG_COLUMNS = [
     "item_id",
 ]
 """Columns every logged row has before the model's features."""
+LEFTOVERS = "*/.served-*.tmp"
+"""Temp files of log writes a killed server never renamed (removed when a log starts)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class FeatureLog:
         self._sequence = 0
         self.dropped_rows = 0
         self.written_files: list[Path] = []
+        remove_leftovers(self.directory, LEFTOVERS)
         self._writer = threading.Thread(target=self._run, name="feature-log", daemon=True)
         self._writer.start()
 
@@ -130,9 +136,8 @@ class FeatureLog:
         self._sequence += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         path = folder / f"served-{stamp}-{self._sequence:06d}.parquet"
-        temporary = folder / f".{path.name}.tmp"
-        frame.to_parquet(temporary, index=False)
-        temporary.replace(path)
+        with atomic_writer(path) as handle:
+            frame.to_parquet(handle, index=False)
         self.written_files.append(path)
         logger.debug("feature log: %d rows to %s", len(frame), path)
 
@@ -174,10 +179,30 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True)
 
 
-def read_feature_log(directory: Path, shelf: str | None = None) -> pd.DataFrame:
-    """Every logged row under ``directory`` (of one shelf, or all), oldest file first."""
+@dataclass(frozen=True)
+class LoggedRows:
+    """What a read of the log found: the rows of every readable file, oldest first, and
+    the files that could not be read (torn or corrupt), which were skipped."""
+
+    rows: pd.DataFrame
+    unreadable: list[Path]
+
+
+def read_logged_rows(directory: Path, shelf: str | None = None) -> LoggedRows:
+    """Every logged row under ``directory`` (of one shelf, or all); an unreadable file is
+    skipped with a warning naming it, so one torn file never hides the others."""
     pattern = f"{shelf}/served-*.parquet" if shelf else "*/served-*.parquet"
-    files = sorted(Path(directory).glob(pattern))
-    if not files:
-        return pd.DataFrame(columns=LOG_COLUMNS)
-    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    frames, unreadable = [], []
+    for path in sorted(Path(directory).glob(pattern)):
+        try:
+            frames.append(pd.read_parquet(path))
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            logger.warning("feature log: skipped unreadable %s (%s)", path, error)
+            unreadable.append(path)
+    rows = _concat(frames) if frames else pd.DataFrame(columns=LOG_COLUMNS)
+    return LoggedRows(rows, unreadable)
+
+
+def read_feature_log(directory: Path, shelf: str | None = None) -> pd.DataFrame:
+    """The rows of :func:`read_logged_rows`."""
+    return read_logged_rows(directory, shelf).rows

@@ -9,9 +9,13 @@ share counts). Names::
     homerec_fallbacks_total{shelf,reason}         shelves served degraded, by cause
     homerec_missing_feature_rows_total{view}      entity rows the online store had no
                                                   values for (unknown listener, new pair)
-    homerec_model_info{shelf,model,version}       1 for the model serving each shelf
+    homerec_model_info{shelf,model,version,blessed}  1 for the model serving each shelf
+                                                  (blessed: true, false = override, none)
     homerec_feature_log_dropped_total             sampled rows dropped (log queue full)
 """
+
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -59,23 +63,30 @@ class ServingMetrics:
         self.model_info = Gauge(
             "homerec_model_info",
             "The model serving each shelf (value 1).",
-            ["shelf", "model", "version"],
+            ["shelf", "model", "version", "blessed"],
             registry=self.registry,
         )
-        self._model_labels: list[tuple[str, str, str]] = []
+        self._model_labels: list[tuple[str, str, str, str]] = []
         self.feature_log_dropped = Counter(
             "homerec_feature_log_dropped",
             "Sampled feature rows dropped because the log queue was full.",
             registry=self.registry,
         )
 
-    def set_models(self, models: dict[str, tuple[str, str]]) -> None:
-        """``models``: shelf -> (model label, version) now serving; replaces the last set."""
-        for shelf, model, version in self._model_labels:
-            self.model_info.remove(shelf, model, version)
-        self._model_labels = [(shelf, model, version) for shelf, (model, version) in models.items()]
+    def set_models(self, models: Mapping[str, Any]) -> None:
+        """``models``: shelf -> what serves it (``model``, ``version``, ``blessed``
+        attributes, a ``ServedBy``); replaces the last set."""
+        for labels in self._model_labels:
+            self.model_info.remove(*labels)
+        self._model_labels = [
+            (shelf, s.model, s.version, _blessed_label(s.blessed)) for shelf, s in models.items()
+        ]
         for labels in self._model_labels:
             self.model_info.labels(*labels).set(1)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _blessed_label(blessed: bool | None) -> str:
+    return "none" if blessed is None else str(blessed).lower()

@@ -7,13 +7,17 @@ model features from the shelf's FeatureService. The one serving-only step is
 store has no profile of, so a new or unknown listener gets a cold-start page of popular
 and editorial cards instead of an empty one.
 
+Models come from the model registry alone: the shelf's ``production`` version, verified
+(checksum, feature contract) and servable (gate passed, or forced in by a recorded
+override). Nothing else is ever served, so an unreadable alias file or an ungated model
+folder cannot put an unblessed model in front of listeners.
+
 Failures degrade one shelf, never the page: a shelf without a loadable model, or whose
 model cannot score (feature read error, contract mismatch), is ranked by its heuristic
 on the data at hand and marked ``degraded``; a shelf whose candidates cannot be read has
 no cards and is marked ``degraded``.
 """
 
-import json
 import logging
 import time
 import uuid
@@ -36,19 +40,13 @@ from training.candidates import (
     in_audience,
     read_candidate_inputs,
 )
-from training.feature_store import FeatureSelection, open_store
-from training.rankers import (
-    CONTRACT_FILE,
-    HeuristicRanker,
-    ModelIntegrityError,
-    ShelfRanker,
-    load_ranker,
-)
-from training.registry import ModelRegistry, RegistryError
+from training.feature_store import FeatureSelection, check_servable, open_store
+from training.rankers import HeuristicRanker, ModelIntegrityError, ShelfRanker
+from training.registry import ModelRegistry, ModelVersion, RegistryError
 from training.schema import WorldPaths
 from training.settings import Settings
 from training.shelves import Shelf, load_shelves
-from training.train import baseline_ranker, model_dir
+from training.train import baseline_ranker
 from training.training_sets import model_feature_names
 
 logger = logging.getLogger(__name__)
@@ -129,68 +127,85 @@ class ListenerFallbackReader:
 
 
 @dataclass(frozen=True)
+class ServedBy:
+    """What scored a shelf, as responses and metrics show it."""
+
+    model: str  # sha256 prefix, or HEURISTIC
+    version: str  # "v<N>" from the registry, or "-" for the heuristic
+    blessed: bool | None  # gate passed; False: forced in by an override; None: heuristic
+
+
+HEURISTIC_SERVED = ServedBy(HEURISTIC, "-", None)
+
+
+@dataclass(frozen=True)
 class ShelfModel:
     """What ranks one shelf: its trained model or, degraded, its heuristic."""
 
     shelf: Shelf
     ranker: ShelfRanker | HeuristicRanker
-    model: str  # sha256 prefix, or HEURISTIC
-    version: str  # "v<N>" from the registry, LOCAL_VERSION from the model folder, or "-"
+    served: ServedBy
     degraded: bool
     source: str  # model_source() when loaded: serving reloads when it changes
     problem: str | None = None
+    override: str | None = None  # the recorded reason of a forced (unblessed) production
+
+    @property
+    def model(self) -> str:
+        return self.served.model
+
+    @property
+    def version(self) -> str:
+        return self.served.version
 
 
-LOCAL_VERSION = "local"
-"""``version`` of a model loaded from ``<data_dir>/models/<shelf>/`` (no registry)."""
+NO_MODEL = "none"
+"""``model_source`` of a shelf whose registry has no production version."""
 
 
 def model_source(settings: Settings, shelf: str) -> str:
     """A token naming the model serving should load for ``shelf``: the registry's
-    production version (``registry:v<N>:<sha256>``) if the registry has one, else the
-    model folder's contract checksum (``folder:<sha256>``), else ``none``. Cheap (JSON
-    files only): serving polls it to notice a pushed or rolled-back model."""
+    production version (``registry:v<N>:<sha256>``), ``none`` when there is none, or
+    ``error:<problem>`` when the registry cannot be read. Cheap (JSON files only):
+    serving polls it to notice a pushed or rolled-back model."""
     try:
         production = ModelRegistry(settings.model_registry_dir).production_sha(shelf)
     except RegistryError as error:
         return f"error:{error}"
-    if production is not None:
-        return f"registry:v{production[0]}:{production[1]}"
-    try:
-        contract = json.loads((model_dir(settings, shelf) / CONTRACT_FILE).read_text())
-        return f"folder:{contract['sha256']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "none"
+    if production is None:
+        return NO_MODEL
+    return _registry_source(production[0], production[1])
+
+
+def _registry_source(version: int, sha256: str) -> str:
+    return f"registry:v{version}:{sha256}"
 
 
 def _heuristic(shelf: Shelf, source: str, problem: str) -> ShelfModel:
     logger.warning("shelf %s serves its heuristic: %s", shelf.name, problem)
-    return ShelfModel(shelf, baseline_ranker(shelf), HEURISTIC, "-", True, source, problem)
-
-
-def _load_production(
-    settings: Settings, shelf: Shelf, source: str
-) -> tuple[ShelfRanker, dict[str, Any], str, str]:
-    """``(ranker, metadata, sha256, version label)`` of the shelf's production model."""
-    if source.startswith("registry:"):
-        ranker, metadata, record = ModelRegistry(settings.model_registry_dir).load(shelf.name)
-        return ranker, metadata, record.sha256, f"v{record.version}"
-    directory = model_dir(settings, shelf.name)
-    ranker, metadata = load_ranker(directory)
-    sha256 = json.loads((directory / CONTRACT_FILE).read_text())["sha256"]
-    return ranker, metadata, sha256, LOCAL_VERSION
+    return ShelfModel(shelf, baseline_ranker(shelf), HEURISTIC_SERVED, True, source, problem)
 
 
 def load_shelf_model(settings: Settings, store: FeatureStore, shelf: Shelf) -> ShelfModel:
-    """The shelf's production model (registry, else model folder), verified by its
-    checksum and contract and checked against the shelf's FeatureService; anything
-    missing or inconsistent gives the heuristic, degraded."""
+    """The shelf's production model from the registry, verified by its checksum and
+    contract, servable (blessed or overridden) and checked against the shelf's
+    FeatureService; anything missing, refused or inconsistent gives the heuristic,
+    degraded."""
     source = model_source(settings, shelf.name)
+    if source == NO_MODEL:
+        return _heuristic(shelf, source, f"no production model of {shelf.name} in the registry")
     try:
-        ranker, metadata, sha256, version = _load_production(settings, shelf, source)
+        ranker, metadata, record = ModelRegistry(settings.model_registry_dir).load(shelf.name)
     except (RegistryError, ModelIntegrityError, OSError, ValueError, KeyError) as error:
-        return _heuristic(shelf, source, f"no usable model ({source}): {error}")
-    return _checked_model(store, shelf, ranker, metadata, sha256, version, source)
+        return _heuristic(shelf, source, f"no usable production model: {error}")
+    if not record.servable:
+        return _heuristic(
+            shelf,
+            source,
+            f"production v{record.version} refused: gate decision {record.gate!r} and no "
+            "recorded override",
+        )
+    return _checked_model(store, shelf, ranker, metadata, record)
 
 
 def registry_shelf_model(
@@ -201,14 +216,12 @@ def registry_shelf_model(
     ranker, metadata, record = ModelRegistry(settings.model_registry_dir).load(
         shelf.name, alias_or_version
     )
-    source = f"registry:v{record.version}:{record.sha256}"
-    version = f"v{record.version}"
-    return _checked_model(store, shelf, ranker, metadata, record.sha256, version, source)
+    return _checked_model(store, shelf, ranker, metadata, record)
 
 
 def heuristic_model(shelf: Shelf) -> ShelfModel:
     """The shelf's pre-ML heuristic as a ShelfModel (not degraded: chosen, not fallen to)."""
-    return ShelfModel(shelf, baseline_ranker(shelf), HEURISTIC, "-", False, "heuristic")
+    return ShelfModel(shelf, baseline_ranker(shelf), HEURISTIC_SERVED, False, "heuristic")
 
 
 def _checked_model(
@@ -216,11 +229,10 @@ def _checked_model(
     shelf: Shelf,
     ranker: ShelfRanker,
     metadata: dict[str, Any],
-    sha256: str,
-    version: str,
-    source: str,
+    record: ModelVersion,
 ) -> ShelfModel:
     """The model, if its contract fits the shelf's FeatureService; else the heuristic."""
+    source = _registry_source(record.version, record.sha256)
     trained_on = metadata.get("feature_service")
     if trained_on not in (None, shelf.feature_service):
         return _heuristic(
@@ -241,8 +253,15 @@ def _checked_model(
     # A request scores a few hundred rows: one thread is faster than waking a pool, and
     # concurrent requests are the parallelism.
     ranker.booster_.set_param({"nthread": 1})
-    logger.info("shelf %s: model %s (%s)", shelf.name, sha256[:SHA_PREFIX], version)
-    return ShelfModel(shelf, ranker, sha256[:SHA_PREFIX], version, False, source)
+    served = ServedBy(record.sha256[:SHA_PREFIX], f"v{record.version}", record.blessed)
+    override = None
+    if not record.blessed and record.override is not None:
+        override = str(record.override.get("reason"))
+        logger.warning(
+            "shelf %s: %s is served by override: %s", shelf.name, served.version, override
+        )
+    logger.info("shelf %s: model %s (%s)", shelf.name, served.model, served.version)
+    return ShelfModel(shelf, ranker, served, False, source, override=override)
 
 
 def _kept(new: ShelfModel, old: ShelfModel | None) -> ShelfModel:
@@ -277,8 +296,25 @@ class RankedShelf:
     shelf: str
     title: str
     model: str
+    version: str
+    blessed: bool | None
     degraded: bool
     cards: list[Card]
+
+    @classmethod
+    def of(
+        cls, shelf: Shelf, served: ServedBy, problem: str | None, cards: list[Card]
+    ) -> "RankedShelf":
+        """The shelf's answer: scored by ``served``, degraded when there was a problem."""
+        return cls(
+            shelf.name,
+            shelf.title,
+            served.model,
+            served.version,
+            served.blessed,
+            problem is not None,
+            cards,
+        )
 
 
 @dataclass(frozen=True)
@@ -358,6 +394,7 @@ class HomeRanker:
         missing = sorted(STAGE1_VIEWS - {view.name for view in store.list_feature_views()})
         if missing:
             raise LookupError(f"feature views {missing} are not in the registry at {registry}")
+        check_servable(store)
         snapshot = EntitySnapshot.load(store)
         shelves = load_shelves(settings.shelves_file)
         models = {shelf.name: load_shelf_model(settings, store, shelf) for shelf in shelves}
@@ -368,7 +405,7 @@ class HomeRanker:
         ranker = cls(
             store, snapshot, shelves, models, listener_defaults(settings), metrics, feature_log
         )
-        ranker.metrics.set_models({name: (m.model, m.version) for name, m in models.items()})
+        ranker.metrics.set_models({name: m.served for name, m in models.items()})
         return ranker
 
     def is_current(self, settings: Settings) -> bool:
@@ -414,15 +451,15 @@ class HomeRanker:
 
     def _scored(
         self, shelf_model: ShelfModel, listener_id: str, rows: pd.DataFrame, request_id: str
-    ) -> tuple[pd.DataFrame, str, str | None]:
+    ) -> tuple[pd.DataFrame, ServedBy, str | None]:
         """``rows`` (item_id, source, reason, candidate features) with model features,
-        ``content_type`` and ``score`` added, best first (ties keep stage-1 order); with the
-        model label that scored them and why the shelf is degraded (None if it is not)."""
+        ``content_type`` and ``score`` added, best first (ties keep stage-1 order); with
+        what scored them and why the shelf is degraded (None if it is not)."""
         shelf = shelf_model.shelf
-        model, problem = shelf_model.model, "no_model" if shelf_model.degraded else None
+        served, problem = shelf_model.served, "no_model" if shelf_model.degraded else None
         frame = rows.reset_index(drop=True).assign(listener_id=listener_id)
         if frame.empty:  # nothing to read or score: the shelf simply has no cards
-            return frame.assign(score=pd.Series(dtype=float), content_type=None), model, problem
+            return frame.assign(score=pd.Series(dtype=float), content_type=None), served, problem
         entities = frame[["listener_id", "item_id"]]
         try:
             features = self.reader.read(self.services[shelf.name], entities)
@@ -444,12 +481,12 @@ class HomeRanker:
                 self._log_features(request_id, shelf_model, frame)
         if scores is None:
             scores = heuristic_scores(shelf, frame)
-            model = HEURISTIC
+            served = HEURISTIC_SERVED
         frame["score"] = np.asarray(scores, dtype=np.float64)
         if "content_type" not in frame:
             frame["content_type"] = None
         order = np.argsort(-frame["score"].to_numpy(), kind="stable")
-        return frame.iloc[order].reset_index(drop=True), model, problem
+        return frame.iloc[order].reset_index(drop=True), served, problem
 
     def _log_features(self, request_id: str, shelf_model: ShelfModel, frame: pd.DataFrame) -> None:
         log = self.feature_log
@@ -518,7 +555,7 @@ class HomeRanker:
                 continue
             started = time.perf_counter()
             shelf_model = models[shelf.name]
-            model, problem, cards = shelf_model.model, "feature_store", []
+            served, problem, cards = shelf_model.served, "feature_store", []
             if inputs is not None:
                 try:
                     candidates = generate_candidates(shelf, inputs)
@@ -526,7 +563,7 @@ class HomeRanker:
                     logger.exception("shelf %s: candidate generation failed", shelf.name)
                     problem = "candidates"
                 else:
-                    frame, model, problem = self._scored(
+                    frame, served, problem = self._scored(
                         shelf_model, listener_id, candidates, request_id
                     )
                     cards = self._cards(frame, k or shelf.k, skip=shown)
@@ -534,7 +571,7 @@ class HomeRanker:
                         problem = "feature_store"
             self._finish_shelf(shelf, started, problem)
             shown.update(card.item_id for card in cards)
-            shelves.append(RankedShelf(shelf.name, shelf.title, model, problem is not None, cards))
+            shelves.append(RankedShelf.of(shelf, served, problem, cards))
         return Page(listener_id, cold_start, shelves)
 
     def rank(
@@ -574,9 +611,7 @@ class HomeRanker:
             if name not in rows:
                 rows[name] = np.nan
         rows["source"] = rows["source"].astype(object).where(rows["source"].notna(), REQUEST_SOURCE)
-        frame, model, problem = self._scored(shelf_model, listener_id, rows, request_id)
+        frame, served, problem = self._scored(shelf_model, listener_id, rows, request_id)
         problem = problem or stage1_problem
         self._finish_shelf(shelf, started, problem)
-        return RankedShelf(
-            shelf.name, shelf.title, model, problem is not None, self._cards(frame, k)
-        )
+        return RankedShelf.of(shelf, served, problem, self._cards(frame, k))

@@ -66,6 +66,11 @@ class ShelfOut(BaseModel):
     shelf: str
     title: str
     model: str = Field(description="First 12 hex digits of the model's sha256, or 'heuristic'.")
+    version: str = Field(description="Registry version (v<N>) of the model, '-' for the heuristic.")
+    blessed: bool | None = Field(
+        description="True: the model passed the evaluation gate; false: it serves by a "
+        "recorded override (homerec models promote --force); null: the heuristic ranked."
+    )
     degraded: bool = Field(
         description="True when this shelf was not served by its model on complete data."
     )
@@ -100,13 +105,23 @@ class ShelfModelInfo(BaseModel):
 
     shelf: str
     model: str
-    version: str = Field(description="Registry version (v<N>), 'local' (model folder) or '-'.")
+    version: str = Field(description="Registry version (v<N>), or '-' for the heuristic.")
+    blessed: bool | None = Field(
+        description="True: gate passed; false: served by a recorded override; null: heuristic."
+    )
+    override: str | None = Field(
+        default=None, description="The recorded reason of the override serving an unblessed model."
+    )
     degraded: bool
     problem: str | None = None
 
 
 class Ready(BaseModel):
-    status: Literal["ready"] = "ready"
+    status: Literal["ready", "degraded"] = Field(
+        default="ready",
+        description="'degraded' when any shelf serves its heuristic, or kept its model "
+        "because a newer one (or the registry) could not be read: see each shelf's problem.",
+    )
     snapshot: str = Field(description="Materialization the in-memory entity snapshot holds.")
     shelves: list[ShelfModelInfo]
 
@@ -114,3 +129,4 @@ class Ready(BaseModel):
 class NotReady(BaseModel):
     status: Literal["loading", "failed"]
     error: str | None = None
+    message: str = Field(description="One line: why serving is not ready, and the fix.")

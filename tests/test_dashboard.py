@@ -70,7 +70,8 @@ def _register_versions(settings: Settings) -> None:
     registry = ModelRegistry(settings.model_registry_dir)
     first = registry.register(REGISTERED, production, metadata)
     second = registry.register(REGISTERED, small, metadata | {"metrics": small_metrics})
-    registry.set_alias(REGISTERED, "production", first.version, reason="dashboard test")
+    reason = "dashboard test: production without a gate run"
+    registry.promote(REGISTERED, first.version, reason=reason, force=True)
     registry.set_alias(REGISTERED, "candidate", second.version, reason="dashboard test")
     test = training_set.rows["test"]
     registry.record_decision(  # the gate's numbers: NDCG@k on the test window
@@ -408,15 +409,16 @@ def test_metrics_and_drift(
 
 
 def test_missing_or_broken_report_files_are_states_not_errors(tmp_path: Path) -> None:
-    assert _read_json(tmp_path / "absent.json") == {
+    assert _read_json(tmp_path / "reports" / "absent.json", tmp_path) == {
         "available": False,
-        "path": str(tmp_path / "absent.json"),
+        "path": "reports/absent.json",
         "modified_at": None,
     }
     (tmp_path / "bad.json").write_text("{not json")
-    assert "not valid JSON" in _read_json(tmp_path / "bad.json")["error"]
+    assert "not valid JSON" in _read_json(tmp_path / "bad.json", tmp_path)["error"]
     (tmp_path / "list.json").write_text("[1]")
-    assert _read_json(tmp_path / "list.json")["error"] == "expected a JSON object"
+    assert _read_json(tmp_path / "list.json", tmp_path)["error"] == "expected a JSON object"
+    assert _read_json(tmp_path / "list.json", tmp_path / "elsewhere")["path"] == "list.json"
 
 
 def test_routes_answer_503_until_ready(tmp_path: Path) -> None:

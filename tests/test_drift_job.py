@@ -34,7 +34,7 @@ from tests.conftest import TrainedWorld
 from tests.test_drift import loopback  # noqa: F401  (the loopback webhook server fixture)
 from training.candidates import audience_rows
 from training.rankers import load_ranker
-from training.registry import PRODUCTION, PROFILE_FILE, ModelRegistry, RegistryError
+from training.registry import PROFILE_FILE, ModelRegistry, RegistryError
 from training.settings import Settings
 from training.shelves import load_shelves, shelf_by_name
 from training.training_sets import load_training_set
@@ -56,7 +56,7 @@ def world(trained_world: TrainedWorld, tmp_path_factory: pytest.TempPathFactory)
         shutil.copytree(source, training_set_dir(settings, shelf))
         ranker, metadata = load_ranker(trained_world.trained[shelf].model_dir)
         version = registry.register(shelf, ranker, metadata).version
-        registry.set_alias(shelf, PRODUCTION, version)
+        registry.promote(shelf, version, reason="drift test: no gate run", force=True)
         train = load_training_set(source).rows["train"]
         save_reference_profile(registry, shelf, version, train, ranker.feature_names_)
     return settings
@@ -149,6 +149,7 @@ def test_reference_profile_is_the_train_window_over_the_model_features(world, tr
     assert stored.to_dict() == expected.to_dict()
     assert sorted(p.name for p in record.path.iterdir()) == [
         "model.ubj",
+        "overrides.log",  # the fixture's forced promote
         "profile.json",
         "ranker.json",
         "version.json",
@@ -284,6 +285,23 @@ def test_no_drift_exits_0_and_prints_every_distance(cli, settings, train_rows, f
     assert "DRIFT" not in result.stdout
     latest = json.loads(latest_report_path(settings).read_text())
     assert latest["breach"] is False and list(latest["shelves"]) == [SHELF]
+
+
+def test_a_torn_log_file_is_named_and_the_rest_is_checked(cli, settings, train_rows, feature_names):
+    """A served-log file cut short (a killed writer) is skipped and named; the shelf is
+    still checked on the other files, so the exit code is the drift verdict (0)."""
+    first, second = (served_sample(train_rows, feature_names, seed=seed) for seed in (0, 1))
+    write_log(settings, SHELF, first, DAY)
+    whole = write_log(settings, SHELF, second, DAY)
+    torn = whole.with_name(whole.name.replace(".parquet", "-torn.parquet"))
+    torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    result = cli("--shelf", SHELF, *WINDOW)
+    assert result.exit_code == 0, result.output
+    name = f"{SHELF}/{torn.name}"
+    assert f"skipped unreadable served-log file {name}" in result.stdout
+    latest = json.loads(latest_report_path(settings).read_text())
+    assert latest["shelves"][SHELF]["unreadable_files"] == [name]
+    assert latest["shelves"][SHELF]["current_rows"] == len(first) + len(second)
 
 
 def test_drift_exits_1_with_one_json_object(cli, settings, train_rows, feature_names, caplog):

@@ -21,6 +21,7 @@ from training.registry import (
     RegistryError,
     RegistryIntegrityError,
     RegistryLookupError,
+    RegistryRefusedError,
 )
 from training.settings import Settings
 
@@ -76,6 +77,14 @@ def two_versions(registry: ModelRegistry, rankers) -> ModelRegistry:
     registry.register(SHELF, rankers[0], metadata(0.5))
     registry.register(SHELF, rankers[1], metadata(0.6))
     return registry
+
+
+@pytest.fixture
+def blessed(two_versions: ModelRegistry) -> ModelRegistry:
+    """Both versions with a passing gate decision recorded (the gate's input here)."""
+    for version in (1, 2):
+        two_versions.record_decision(SHELF, version, {"passed": True, "reasons": []})
+    return two_versions
 
 
 def flip_a_byte(path: Path) -> None:
@@ -164,22 +173,22 @@ def test_a_version_number_taken_meanwhile_is_skipped(registry, rankers, monkeypa
 # --------------------------------------------------------------------------- aliases
 
 
-def test_promote_and_rollback_restore_the_previous_production(two_versions, rankers):
-    registry = two_versions
+def test_promote_and_rollback_restore_the_previous_production(blessed, rankers):
+    registry = blessed
     assert registry.alias(SHELF, "production") is None
     assert registry.production_sha(SHELF) is None
     registry.set_alias(SHELF, "candidate", 1, reason="first model")
     assert registry.promote(SHELF, reason="gate passed") == 1
-    assert registry.aliases(SHELF) == {"production": 1, "candidate": None, "history": []}
+    assert registry.aliases(SHELF) == {"production": 1, "candidate": 1, "history": []}
     registry.set_alias(SHELF, "candidate", 2, reason="retrained")
     assert registry.get(SHELF, 2).aliases == ("candidate",)
     assert registry.promote(SHELF, reason="better") == 2
-    assert registry.aliases(SHELF) == {"production": 2, "candidate": None, "history": [1]}
+    assert registry.aliases(SHELF) == {"production": 2, "candidate": 2, "history": [1]}
     assert registry.production_sha(SHELF) == (2, registry.get(SHELF, 2).sha256)
     assert registry.load(SHELF)[2].version == 2
 
     assert registry.rollback(SHELF, reason="bad metrics online") == 1
-    assert registry.aliases(SHELF) == {"production": 1, "candidate": None, "history": []}
+    assert registry.aliases(SHELF) == {"production": 1, "candidate": 2, "history": []}
     assert registry.get(SHELF, 1).aliases == ("production",)
     with pytest.raises(RegistryLookupError, match="no previous production"):
         registry.rollback(SHELF, reason="again")
@@ -191,8 +200,8 @@ def test_promote_and_rollback_restore_the_previous_production(two_versions, rank
     assert meta["metrics"]["valid_ndcg@10"] == 0.5 and record.version == 1
 
 
-def test_every_alias_switch_is_an_event_line(two_versions, caplog):
-    registry = two_versions
+def test_every_alias_switch_is_an_event_line(blessed, caplog):
+    registry = blessed
     caplog.set_level("INFO", logger="training.registry")
     registry.set_alias(SHELF, "candidate", 1, reason="r1")
     registry.promote(SHELF, reason="r2")
@@ -200,6 +209,7 @@ def test_every_alias_switch_is_an_event_line(two_versions, caplog):
     registry.rollback(SHELF, reason="r4")
     registry.set_alias(SHELF, "candidate", 2, reason="r5")
     registry.set_alias(SHELF, "candidate", 2, reason="no-op, same version")
+    registry.set_alias(SHELF, "production", 2, reason="r6")
     lines = (registry.root / SHELF / "events.log").read_text().splitlines()
     events = [json.loads(line) for line in lines]
     assert events == registry.events(SHELF)
@@ -207,10 +217,10 @@ def test_every_alias_switch_is_an_event_line(two_versions, caplog):
     assert moves == [
         ("set_alias", "candidate", None, 1, "r1"),
         ("promote", "production", None, 1, "r2"),
-        ("promote", "candidate", 1, None, "r2"),
         ("promote", "production", 1, 2, "r3"),
         ("rollback", "production", 2, 1, "r4"),
-        ("set_alias", "candidate", None, 2, "r5"),
+        ("set_alias", "candidate", 1, 2, "r5"),
+        ("promote", "production", 1, 2, "r6"),
     ]
     assert all(set(e) == {"timestamp", "action", "alias", "from", "to", "reason"} for e in events)
     assert "rollback production 2 -> 1 (r4)" in caplog.text
@@ -234,8 +244,8 @@ def test_alias_errors_are_clear(two_versions):
 # --------------------------------------------------------------------------- integrity
 
 
-def test_tampered_model_is_never_loaded_nor_aliased(two_versions):
-    registry = two_versions
+def test_tampered_model_is_never_loaded_nor_aliased(blessed):
+    registry = blessed
     registry.promote(SHELF, 1, reason="ok")
     flip_a_byte(registry.get(SHELF, 2).path / MODEL_FILE)
     with pytest.raises(RegistryIntegrityError, match=r"model\.ubj.*sha256") as caught:
@@ -250,8 +260,8 @@ def test_tampered_model_is_never_loaded_nor_aliased(two_versions):
     assert registry.load(SHELF)[2].version == 1
 
 
-def test_rollback_refuses_a_tampered_previous_production(two_versions):
-    registry = two_versions
+def test_rollback_refuses_a_tampered_previous_production(blessed):
+    registry = blessed
     registry.promote(SHELF, 1)
     registry.promote(SHELF, 2)
     flip_a_byte(registry.get(SHELF, 1).path / MODEL_FILE)
@@ -289,8 +299,8 @@ def test_version_record_checksum_must_match_the_contract(two_versions):
         registry.load(SHELF, 1)
 
 
-def test_corrupt_registry_files_are_named(two_versions):
-    registry = two_versions
+def test_corrupt_registry_files_are_named(blessed):
+    registry = blessed
     aliases = registry.root / SHELF / "aliases.json"
     aliases.write_text("{not json")
     with pytest.raises(RegistryError, match=r"aliases\.json: corrupt"):
@@ -303,6 +313,58 @@ def test_corrupt_registry_files_are_named(two_versions):
     version_file.write_text(json.dumps({"version": 3, "shelf": SHELF}))
     with pytest.raises(RegistryError, match=r"1/version\.json: corrupt.*version 3 != 1"):
         registry.get(SHELF, 1)
+
+
+# --------------------------------------------------------------------------- blessing
+
+
+def test_only_a_blessed_version_becomes_production(two_versions):
+    """Undecided (v1) and gate-refused (v2) versions are refused, by promote and by
+    set_alias alike, and nothing moves; a pass then promotes."""
+    registry = two_versions
+    registry.set_alias(SHELF, "candidate", 2, reason="trained")
+    registry.record_decision(SHELF, 2, {"passed": False, "reasons": ["below the heuristic"]})
+    with pytest.raises(RegistryRefusedError, match="version 1 has gate decision '-'"):
+        registry.promote(SHELF, 1)
+    with pytest.raises(RegistryRefusedError, match="version 2 has gate decision 'fail'"):
+        registry.promote(SHELF)
+    with pytest.raises(RegistryRefusedError, match="--force --reason"):
+        registry.set_alias(SHELF, "production", 2)
+    assert registry.aliases(SHELF) == {"production": None, "candidate": 2, "history": []}
+    assert [e["alias"] for e in registry.events(SHELF)] == ["candidate"]
+    registry.record_decision(SHELF, 1, {"passed": True})
+    assert registry.promote(SHELF, 1, reason="gate passed") == 1
+    assert registry.get(SHELF, 1).blessed and registry.get(SHELF, 1).overrides == ()
+    assert registry.aliases(SHELF)["candidate"] == 2  # the other alias never moves
+
+
+def test_a_forced_promote_is_recorded_as_an_override(two_versions):
+    registry = two_versions
+    registry.record_decision(SHELF, 2, {"passed": False, "reasons": ["below the heuristic"]})
+    with pytest.raises(RegistryRefusedError, match="needs a reason"):
+        registry.promote(SHELF, 2, reason="  ", force=True)
+    assert registry.promote(SHELF, 2, reason="hotfix, incident 7", force=True) == 2
+    record = registry.get(SHELF, 2)
+    assert not record.blessed and record.servable
+    assert record.override["reason"] == "hotfix, incident 7" and record.override["gate"] == "fail"
+    lines = (record.path / "overrides.log").read_text().splitlines()
+    assert [json.loads(line)["reason"] for line in lines] == ["hotfix, incident 7"]
+    event = registry.events(SHELF)[-1]
+    assert event["to"] == 2 and event["override"] is True and event["gate"] == "fail"
+    assert record.to_dict()["blessed"] is False and len(record.to_dict()["overrides"]) == 1
+
+
+def test_rollback_refuses_a_previous_production_that_is_not_servable(blessed):
+    """A history entry whose version is neither blessed nor overridden (here: written by
+    hand) is never restored."""
+    registry = blessed
+    registry.promote(SHELF, 2)
+    registry.register(SHELF, registry.load(SHELF, 1)[0], metadata(0.4))
+    aliases = registry.root / SHELF / "aliases.json"
+    aliases.write_text(json.dumps({"production": 2, "candidate": None, "history": [3]}))
+    with pytest.raises(RegistryRefusedError, match="version 3 .* no recorded override"):
+        registry.rollback(SHELF)
+    assert registry.alias(SHELF, "production") == 2
 
 
 # --------------------------------------------------------------------------- decisions
@@ -376,7 +438,7 @@ def cli_registry(tmp_path: Path, rankers) -> ModelRegistry:
 
 
 def test_cli_list_shows_versions_aliases_and_gate(cli, cli_registry):
-    cli_registry.promote(SHELF, 1)
+    cli_registry.promote(SHELF, 1, reason="test: no gate", force=True)
     result = cli("list")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -392,7 +454,7 @@ def test_cli_list_shows_versions_aliases_and_gate(cli, cli_registry):
     rows = [line.split() for line in lines[2:]]
     assert [row[1] for row in rows] == ["1", "2"]
     assert rows[0][2] == cli_registry.get(SHELF, 1).sha256[:12]
-    assert rows[0][5:] == ["0.5000", "production", "-"]
+    assert rows[0][5:] == ["0.5000", "production", "-+override"]
     assert rows[1][5:] == ["0.6250", "-", "pass"]
 
     as_json = json.loads(cli("list", "--shelf", SHELF, "--json").stdout)
@@ -426,12 +488,19 @@ def test_cli_show_prints_the_full_record(cli, cli_registry):
 def test_cli_promote_and_rollback(cli, cli_registry):
     result = cli("promote", SHELF)
     assert result.exit_code == 2 and "no candidate" in result.stderr
-    assert cli("promote", SHELF, "1").stdout.strip() == f"{SHELF}: production - -> 1"
+    result = cli("promote", SHELF, "1")
+    assert result.exit_code == 2 and "gate decision '-'" in result.stderr
+    result = cli("promote", SHELF, "1", "--force")
+    assert result.exit_code == 2 and "--force needs --reason" in result.stderr
+    assert cli_registry.alias(SHELF, "production") is None
+    result = cli("promote", SHELF, "1", "--force", "--reason", "demo day")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (f"{SHELF}: production - -> 1 (override: gate -, not blessed)")
     cli_registry.set_alias(SHELF, "candidate", 2, reason="test")
     result = cli("promote", SHELF, "--reason", "gate passed")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"{SHELF}: production 1 -> 2"
-    assert cli_registry.events(SHELF)[-2]["reason"] == "gate passed"
+    assert cli_registry.events(SHELF)[-1]["reason"] == "gate passed"
     result = cli("rollback", SHELF, "--reason", "incident 42")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"{SHELF}: production 2 -> 1"

@@ -257,7 +257,7 @@ def test_missing_model_serves_the_heuristic(
         trained_world.settings.data_dir, data_dir, ignore=shutil.ignore_patterns("training_sets")
     )
     settings = project_settings(data_dir, **SHORT_WINDOWS)
-    shutil.rmtree(model_dir(settings, "shows_you_might_like"))
+    shutil.rmtree(settings.model_registry_dir / "shows_you_might_like")
     with TestClient(create_app(settings)) as client:
         ready = {s["shelf"]: s for s in client.get("/ready").json()["shelves"]}
         assert ready["shows_you_might_like"]["model"] == "heuristic"

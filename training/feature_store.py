@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import yaml
 from feast import FeatureService, FeatureStore
+from feast.feature_view import FeatureViewState
 from feast.repo_config import RepoConfig
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
@@ -179,6 +180,30 @@ def materialize(
         store.materialize(start_date=start, end_date=end)
     logger.info("materialized %d feature views up to %s", len(views), end.isoformat())
     return end
+
+
+SERVABLE_STATES = frozenset({FeatureViewState.STATE_UNSPECIFIED, FeatureViewState.AVAILABLE_ONLINE})
+"""Feature view states Feast serves online features from."""
+
+
+class UnservableViewsError(RuntimeError):
+    """Feature views Feast refuses to serve from, e.g. left ``MATERIALIZING`` by an
+    interrupted materialize; the message names them and the fix."""
+
+
+def check_servable(store: FeatureStore) -> None:
+    """Raise UnservableViewsError when any feature view is not in a servable state."""
+    stuck = {
+        view.name: FeatureViewState(view.state).name
+        for view in store.list_feature_views()
+        if FeatureViewState(view.state) not in SERVABLE_STATES
+    }
+    if stuck:
+        states = ", ".join(f"{name} ({state})" for name, state in sorted(stuck.items()))
+        raise UnservableViewsError(
+            f"feature views Feast will not serve from: {states}; a materialize was "
+            "interrupted: run `homerec features materialize` to repair"
+        )
 
 
 FeatureSelection = list[str] | FeatureService

@@ -40,7 +40,6 @@ processed in chunks so memory stays bounded for large worlds.
 """
 
 import logging
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ import pyarrow.parquet as pq
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from training.schema import CONTENT_TYPES, WorldPaths, publish_dir, read_world_meta, staging_dir
+from training.schema import CONTENT_TYPES, WorldPaths, read_world_meta, replacing_dir
 
 logger = logging.getLogger(__name__)
 
@@ -298,16 +297,12 @@ def build_features(world_dir: Path, features_dir: Path) -> dict[str, int]:
         len(world.event_listener),
         world.n_days,
     )
-    staged = staging_dir(features_dir)
-    writers = _TableWriters(staged)
-    try:
-        _build_all(world, writers)
-    except BaseException:
-        writers.close()
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    writers.close()
-    publish_dir(staged, features_dir)
+    with replacing_dir(features_dir) as staged:
+        writers = _TableWriters(staged)
+        try:
+            _build_all(world, writers)
+        finally:
+            writers.close()
     logger.info("features written to %s: %s", features_dir, writers.rows)
     return dict(writers.rows)
 

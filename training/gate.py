@@ -398,14 +398,8 @@ def _log_decision(shelf: str, version: int, decision: Mapping[str, Any]) -> None
 
 
 def push(registry: ModelRegistry, shelf: str, version: int, reason: str = "gate passed") -> bool:
-    """Make a version that passed the gate production (True if the alias moved). Refuses
-    (RegistryError) a version whose recorded decision is not a pass."""
-    record = registry.get(shelf, version)
-    if record.gate != "pass":
-        raise RegistryError(
-            f"{shelf} version {version} has gate decision {record.gate!r}: only a version "
-            "that passed the evaluation gate is pushed"
-        )
+    """Make a version that passed the gate production (True if the alias moved); the
+    registry refuses (RegistryRefusedError) a version whose decision is not a pass."""
     if registry.alias(shelf, PRODUCTION) == version:
         return False
     registry.promote(shelf, version, reason=reason)

@@ -70,7 +70,7 @@ def _row(record: ModelVersion) -> dict[str, str]:
         "registered_at": record.registered_at[:19].replace("T", " "),
         "ndcg": f"{ndcg[1]:.4f}" if ndcg else "-",
         "aliases": ",".join(record.aliases) or "-",
-        "gate": record.gate,
+        "gate": record.gate if record.override is None else f"{record.gate}+override",
     }
 
 
@@ -109,6 +109,10 @@ def _describe(record: ModelVersion) -> str:
     lines.append("metrics:")
     lines += [f"  {name}: {value}" for name, value in record.metrics.items()] or ["  -"]
     lines.append(f"gate:            {record.gate}")
+    lines += [
+        f"  override: {item.get('timestamp', '-')} {item.get('reason', '')}"
+        for item in record.overrides
+    ]
     if record.decision is not None:
         for key, value in record.decision.items():
             if key in ("passed", "reasons"):
@@ -188,14 +192,32 @@ def promote(
     version: Annotated[
         int | None, typer.Argument(min=1, help="Version to promote (default: the candidate).")
     ] = None,
-    reason: Reason = "manual promote (homerec models promote)",
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Why: recorded in the shelf's events.log (required with --force)."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote a version the gate did not pass; recorded as an override, served "
+            "as blessed=false.",
+        ),
+    ] = False,
 ) -> None:
-    """Make a version (default: the candidate) production, after verifying it loads."""
+    """Make a blessed version (default: the candidate) production, after verifying it."""
     registry = _registry(ctx)
+    if force and not (reason or "").strip():
+        typer.echo("error: --force needs --reason TEXT (recorded as the override)", err=True)
+        raise typer.Exit(2)
     with _user_errors():
         before = registry.aliases(shelf)[PRODUCTION]
-        promoted = registry.promote(shelf, version, reason=reason)
-    typer.echo(f"{shelf}: production {before if before is not None else '-'} -> {promoted}")
+        promoted = registry.promote(
+            shelf, version, reason=reason or "manual promote (homerec models promote)", force=force
+        )
+        record = registry.get(shelf, promoted)
+    forced = "" if record.blessed else f" (override: gate {record.gate}, not blessed)"
+    typer.echo(f"{shelf}: production {before if before is not None else '-'} -> {promoted}{forced}")
 
 
 @models_app.command("rollback")

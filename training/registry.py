@@ -7,6 +7,7 @@ Layout under the registry root (``<data_dir>/registry`` unless configured otherw
     <root>/<shelf>/versions/<N>/version.json    {version, shelf, sha256, registered_at}
     <root>/<shelf>/versions/<N>/decision.json   the evaluation gate's verdict, written once
     <root>/<shelf>/versions/<N>/profile.json    training-data feature profile (drift), once
+    <root>/<shelf>/versions/<N>/overrides.log   one JSON line per forced (unblessed) promote
     <root>/<shelf>/aliases.json                 {"production", "candidate", "history"}
     <root>/<shelf>/events.log                   one JSON line per alias switch
 
@@ -16,7 +17,13 @@ numbers. Versions are never rewritten; only ``decision.json`` and ``profile.json
 added, each once. Alias
 switches rewrite ``aliases.json`` atomically (temp file, fsync, rename) under a per-shelf
 lock, append to ``events.log`` and log at INFO. Moving ``production`` pushes the previous
-production onto ``history``; :meth:`ModelRegistry.rollback` pops it back.
+production onto ``history``; :meth:`ModelRegistry.rollback` pops it back. Moving one
+alias never moves the other.
+
+Blessing: only a *servable* version becomes ``production`` — one whose recorded gate
+decision is a pass (*blessed*), or one promoted with ``force=True`` and a reason, an
+override appended to the version's ``overrides.log`` and to ``events.log``. Anything else
+is refused with :class:`RegistryRefusedError`; serving checks the same rule on load.
 
 Integrity: an alias only moves to a version that loads through
 :func:`training.rankers.load_ranker` (checksum and feature contract verified) and whose
@@ -64,6 +71,7 @@ __all__ = [
     "RegistryError",
     "RegistryLookupError",
     "RegistryIntegrityError",
+    "RegistryRefusedError",
     "decision_status",
 ]
 
@@ -77,6 +85,7 @@ VERSIONS_DIR = "versions"
 VERSION_FILE = "version.json"
 DECISION_FILE = "decision.json"
 PROFILE_FILE = "profile.json"
+OVERRIDES_FILE = "overrides.log"
 ALIASES_FILE = "aliases.json"
 EVENTS_FILE = "events.log"
 LOCK_FILE = ".lock"
@@ -101,6 +110,11 @@ class RegistryIntegrityError(RegistryError, ModelIntegrityError):
     disagreeing with its files); it is never loaded and no alias moves to it."""
 
 
+class RegistryRefusedError(RegistryError):
+    """An alias move the blessing rule forbids: production for a version the gate did not
+    pass, without a forced override and its reason."""
+
+
 def decision_status(decision: Mapping[str, Any] | None) -> str:
     """``"pass"``, ``"fail"`` or ``"-"`` (no decision recorded) for a gate decision."""
     if decision is None:
@@ -114,7 +128,8 @@ class ModelVersion:
 
     ``split`` is the data window the model was trained on (snapshot times per window,
     from the training metadata); ``decision`` is the evaluation gate's record, or None
-    before the gate ran; ``aliases`` are the aliases currently pointing at this version.
+    before the gate ran; ``overrides`` are the forced promotes of this version, oldest
+    first; ``aliases`` are the aliases currently pointing at this version.
     """
 
     shelf: str
@@ -134,12 +149,28 @@ class ModelVersion:
     xgboost_version: str | None
     metadata: dict[str, Any] = field(repr=False)
     decision: dict[str, Any] | None = None
+    overrides: tuple[dict[str, Any], ...] = ()
     aliases: tuple[str, ...] = ()
 
     @property
     def gate(self) -> str:
         """The gate decision as ``pass``, ``fail`` or ``-``."""
         return decision_status(self.decision)
+
+    @property
+    def blessed(self) -> bool:
+        """True when the evaluation gate passed this version."""
+        return self.gate == "pass"
+
+    @property
+    def override(self) -> dict[str, Any] | None:
+        """The latest forced promote of this version (None when never forced)."""
+        return self.overrides[-1] if self.overrides else None
+
+    @property
+    def servable(self) -> bool:
+        """May be production: blessed, or promoted by a recorded override."""
+        return self.blessed or bool(self.overrides)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record of this version (paths as strings, aliases as a list)."""
@@ -161,6 +192,8 @@ class ModelVersion:
             "best_score": self.best_score,
             "xgboost_version": self.xgboost_version,
             "decision": self.decision,
+            "blessed": self.blessed,
+            "overrides": [dict(item) for item in self.overrides],
             "metadata": dict(self.metadata),
         }
 
@@ -220,6 +253,29 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RegistryError(f"{path}: corrupt, expected a JSON object")
     return value
+
+
+def _read_json_lines(path: Path, what: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines log, oldest first ([] when it does not exist)."""
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise RegistryError(f"{path}:{number}: corrupt {what} line: {err}") from err
+    return records
+
+
+def _append_json_line(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line to a log and fsync it."""
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
 
 
 def _is_version_or_none(value: Any) -> bool:
@@ -341,6 +397,7 @@ class ModelRegistry:
             raise RegistryError(f"{contract_path}: corrupt, metadata must be a JSON object")
         decision_path = directory / DECISION_FILE
         decision = _read_json_object(decision_path) if decision_path.exists() else None
+        overrides = _read_json_lines(directory / OVERRIDES_FILE, "override")
         return ModelVersion(
             shelf=shelf,
             version=version,
@@ -359,6 +416,7 @@ class ModelRegistry:
             xgboost_version=contract.get("xgboost_version"),
             metadata=metadata,
             decision=decision,
+            overrides=tuple(overrides),
             aliases=tuple(name for name in ALIASES if aliases.get(name) == version),
         )
 
@@ -591,18 +649,7 @@ class ModelRegistry:
 
     def events(self, shelf: str) -> list[dict[str, Any]]:
         """The alias switches of ``shelf``, oldest first (from ``events.log``)."""
-        path = self._shelf_dir(shelf) / EVENTS_FILE
-        if not path.exists():
-            return []
-        events = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise RegistryError(f"{path}:{number}: corrupt event line: {err}") from err
-        return events
+        return _read_json_lines(self._shelf_dir(shelf) / EVENTS_FILE, "event")
 
     def _switch(
         self,
@@ -610,19 +657,19 @@ class ModelRegistry:
         action: str,
         reason: str,
         change: Callable[[dict[str, Any]], dict[str, Any]],
-    ) -> dict[str, Any]:
+        note: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Under the shelf lock: read aliases, apply ``change`` (returns the new aliases,
         may raise to refuse), write them atomically, then log and append one event per
-        alias that moved. Returns the new aliases."""
+        alias that moved (``note`` added to each). True when anything changed."""
         with self._locked(shelf):
             before = self._read_aliases(shelf)
             after = change({**before, "history": list(before["history"])})
             moved = [name for name in ALIASES if before[name] != after[name]]
             if not moved and before["history"] == after["history"]:
-                return after
+                return False
             atomic_write_bytes(self._aliases_path(shelf), _json_bytes(after, ALIASES_FILE))
             timestamp = _now()
-            lines = []
             for name in moved:
                 event = {
                     "timestamp": timestamp,
@@ -631,8 +678,8 @@ class ModelRegistry:
                     "from": before[name],
                     "to": after[name],
                     "reason": reason,
-                }
-                lines.append(json.dumps(event) + "\n")
+                } | dict(note or {})
+                _append_json_line(self._shelf_dir(shelf) / EVENTS_FILE, event)
                 logger.info(
                     "%s: %s %s %s -> %s (%s)",
                     shelf,
@@ -642,31 +689,32 @@ class ModelRegistry:
                     after[name],
                     reason or "no reason given",
                 )
-            with open(self._shelf_dir(shelf) / EVENTS_FILE, "a", encoding="utf-8") as log:
-                log.write("".join(lines))
-                log.flush()
-                os.fsync(log.fileno())
-            return after
+            return True
 
-    def set_alias(self, shelf: str, name: str, version: int, reason: str = "") -> None:
+    def set_alias(
+        self, shelf: str, name: str, version: int, reason: str = "", force: bool = False
+    ) -> None:
         """Point alias ``name`` at ``version`` after verifying it loads (checksum and
-        feature contract). Moving ``production`` pushes the previous one onto history."""
+        feature contract). ``production`` follows :meth:`promote`'s blessing rule."""
         _check_alias(name)
+        if name == PRODUCTION:
+            self.promote(shelf, _check_version(version), reason=reason, force=force)
+            return
         _check_reason(reason)
         self.verify(shelf, _check_version(version))
 
         def change(aliases: dict[str, Any]) -> dict[str, Any]:
-            previous = aliases[name]
-            if name == PRODUCTION and previous is not None and previous != version:
-                aliases["history"].append(previous)
             aliases[name] = version
             return aliases
 
         self._switch(shelf, "set_alias", reason, change)
 
-    def promote(self, shelf: str, version: int | None = None, reason: str = "") -> int:
-        """Make ``version`` (default: the candidate) production; return it. Promoting the
-        candidate clears the candidate alias. The version is verified first."""
+    def promote(
+        self, shelf: str, version: int | None = None, reason: str = "", force: bool = False
+    ) -> int:
+        """Make ``version`` (default: the candidate) production; return it. The version is
+        verified first and must be blessed (gate passed); ``force=True`` with a reason
+        promotes any other version and records the override. The candidate alias stays."""
         _check_reason(reason)
         self._require_shelf(shelf)
         if version is None:
@@ -675,24 +723,35 @@ class ModelRegistry:
                 raise RegistryLookupError(
                     f"shelf {shelf!r} has no candidate to promote; name a version"
                 )
-        self.verify(shelf, _check_version(version))
+        record = self.verify(shelf, _check_version(version))[2]
+        override = _override(record, force, reason)
 
         def change(aliases: dict[str, Any]) -> dict[str, Any]:
             previous = aliases[PRODUCTION]
             if previous is not None and previous != version:
                 aliases["history"].append(previous)
             aliases[PRODUCTION] = version
-            if aliases[CANDIDATE] == version:
-                aliases[CANDIDATE] = None
             return aliases
 
-        self._switch(shelf, "promote", reason, change)
+        note = None if override is None else {"override": True, "gate": record.gate}
+        moved = self._switch(shelf, "promote", reason, change, note)
+        if moved and override is not None:
+            # After the alias: a crash in between leaves production on a version without
+            # its override, which serving refuses, rather than an override never used.
+            _append_json_line(record.path / OVERRIDES_FILE, override)
+            logger.warning(
+                "%s: version %d forced into production without a gate pass (%s)",
+                shelf,
+                version,
+                reason,
+            )
         return version
 
     def rollback(self, shelf: str, reason: str = "") -> int:
         """Restore the previous production version (popped from history); return it.
         The version rolled back from is not kept in history. The restored version is
-        verified first; RegistryLookupError when there is no previous production."""
+        verified first and must be servable (blessed or promoted by an override);
+        RegistryLookupError when there is no previous production."""
         _check_reason(reason)
         self._require_shelf(shelf)
         restored: list[int] = []
@@ -703,7 +762,12 @@ class ModelRegistry:
                     f"shelf {shelf!r} has no previous production version to roll back to"
                 )
             target = aliases["history"][-1]
-            self.verify(shelf, target)
+            record = self.verify(shelf, target)[2]
+            if not record.servable:
+                raise RegistryRefusedError(
+                    f"{shelf} version {target} (the previous production) has gate decision "
+                    f"{record.gate!r} and no recorded override: not rolled back to"
+                )
             aliases["history"].pop()
             aliases[PRODUCTION] = target
             restored.append(target)
@@ -711,3 +775,19 @@ class ModelRegistry:
 
         self._switch(shelf, "rollback", reason, change)
         return restored[0]
+
+
+def _override(record: ModelVersion, force: bool, reason: str) -> dict[str, Any] | None:
+    """What promoting ``record`` must record: None for a blessed version; the override
+    for a forced one (a reason is required); RegistryRefusedError otherwise."""
+    if record.blessed:
+        return None
+    where = f"{record.shelf} version {record.version}"
+    if not force:
+        raise RegistryRefusedError(
+            f"{where} has gate decision {record.gate!r}: only a version that passed the "
+            "evaluation gate becomes production (override with --force --reason TEXT)"
+        )
+    if not reason.strip():
+        raise RegistryRefusedError(f"forcing {where} into production needs a reason")
+    return {"timestamp": _now(), "action": "promote", "gate": record.gate, "reason": reason}

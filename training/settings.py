@@ -15,6 +15,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HOMEREC_", extra="ignore")
 
+    env: Literal["development", "production"] = "development"
+    """production: the dashboard (listener data) is off unless ``dashboard_token`` is set."""
+
     data_dir: Path = Path("data")
     """Root of every generated file: world/, features/, feast/ (registry, SQLite store)."""
     feature_repo: Path = Path("feature_repo")
@@ -55,12 +58,19 @@ class Settings(BaseSettings):
 
     serve_admin_token: SecretStr | None = None
     """Bearer token of ``POST /admin/reload``; unset disables the endpoint."""
+    dashboard_token: SecretStr | None = None
+    """Bearer token of ``/dashboard`` and its API; unset: open in development, off in
+    production (``env``)."""
     serve_feature_timeout_seconds: float = Field(default=0.25, gt=0)
     """Bound on one Redis online read while serving; slower reads degrade the shelf."""
     serve_refresh_seconds: float = Field(default=30.0, ge=0)
     """How often serving checks for a new materialization or production model (0: never)."""
     serve_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     """Largest request body accepted (413 above)."""
+    serve_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    """Most bytes of request headers accepted, names and values together (431 above)."""
+    serve_max_headers: int = Field(default=100, ge=8)
+    """Most request headers accepted (431 above)."""
     feature_log_dir: Path | None = None
     """Where served feature vectors are logged (default: <data_dir>/served_features)."""
     feature_log_sample_rate: float = Field(default=0.1, ge=0, le=1)

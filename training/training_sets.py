@@ -31,7 +31,7 @@ from training.candidates import (
     read_candidate_inputs,
 )
 from training.feature_store import OfflineReader
-from training.schema import WorldPaths, atomic_write_text, publish_dir, staging_dir
+from training.schema import WorldPaths, atomic_write_text, replacing_dir
 from training.settings import Settings
 from training.shelves import Label, Shelf
 
@@ -277,7 +277,11 @@ def build_training_set(
 def save_training_set(training_set: TrainingSet, directory: Path) -> None:
     """Parquet per window plus ``training_set.json`` (windows, features, hash), written to a
     staging directory and swapped in whole."""
-    staged = staging_dir(directory)
+    with replacing_dir(directory) as staged:
+        _write_training_set(training_set, staged)
+
+
+def _write_training_set(training_set: TrainingSet, staged: Path) -> None:
     for window, frame in training_set.rows.items():
         frame.to_parquet(staged / f"{window}.parquet", index=False)
     if training_set.reference is not None:
@@ -291,7 +295,6 @@ def save_training_set(training_set: TrainingSet, directory: Path) -> None:
         "reference_rows": None if training_set.reference is None else len(training_set.reference),
     }
     atomic_write_text(staged / "training_set.json", json.dumps(meta, indent=2) + "\n")
-    publish_dir(staged, directory)
 
 
 def load_training_set(directory: Path) -> TrainingSet:

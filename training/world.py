@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
@@ -66,9 +65,8 @@ from training.schema import (
     TABLE_COLUMNS,
     WorldPaths,
     coerce_table,
-    publish_dir,
     read_world_meta,
-    staging_dir,
+    replacing_dir,
     write_world_meta,
 )
 
@@ -1020,13 +1018,8 @@ def generate_world(config: WorldConfig, out_dir: Path) -> dict[str, Any]:
     _validate(config)
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    staged = staging_dir(out_dir)
-    try:
+    with replacing_dir(out_dir) as staged:
         meta = _generate_into(config, WorldPaths(staged))
-        publish_dir(staged, out_dir)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     logger.info(
         "generated world at %s: %d listeners, %d items, %d events in %.1fs",
         out_dir,

@@ -96,7 +96,6 @@ file (events, items, listeners) and column by column; each reports its first off
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,8 +111,7 @@ from training.schema import (
     CONTENT_TYPES,
     WorldPaths,
     coerce_table,
-    publish_dir,
-    staging_dir,
+    replacing_dir,
     write_world_meta,
 )
 
@@ -931,16 +929,11 @@ def import_world(
         },
     }
 
-    staged = staging_dir(out_dir)
-    try:
+    with replacing_dir(out_dir) as staged:
         paths = WorldPaths(staged)
         for name, frame in tables.items():
             frame.to_parquet(paths.table(name), index=False)
         write_world_meta(paths, meta)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    publish_dir(staged, out_dir)
     logger.info(
         "imported world at %s: %d listeners, %d items, %d events (%s to %s)",
         out_dir,

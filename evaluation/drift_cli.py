@@ -13,25 +13,15 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 
-from evaluation.drift import DriftReport, WebhookError, post_webhook, webhook_target
-from evaluation.drift_job import (
-    DEFAULT_CONFIG_FILE,
-    DriftJobError,
-    DriftRun,
-    ShelfDrift,
-    check_window,
-    load_drift_config,
-    parse_instant,
-    run_drift,
-    write_latest,
-)
 from training.settings import Settings
-from training.shelves import load_shelves
+
+if TYPE_CHECKING:  # the drift job (Feast, SciPy, pandas) loads when the command runs
+    from evaluation.drift import DriftReport
+    from evaluation.drift_job import DriftRun, ShelfDrift
 
 __all__ = ["DEFAULT_WINDOW", "drift_command", "format_run", "summary_lines"]
 
@@ -123,6 +113,9 @@ def summary_lines(run: DriftRun) -> list[str]:
 
 def _shelves(settings: Settings, shelf: str | None) -> list[str]:
     """The shelves to check: ``shelf``, else every shelf of the shelves file."""
+    from evaluation.drift_job import DriftJobError
+    from training.shelves import load_shelves
+
     names = [s.name for s in load_shelves(settings.shelves_file)]
     if shelf is not None and shelf not in names:
         raise DriftJobError(f"unknown shelf {shelf!r}; shelves: {names}")
@@ -154,13 +147,24 @@ def drift_command(
     ] = False,
     config: Annotated[
         Path | None,
-        typer.Option(help=f"Thresholds YAML (default: {DEFAULT_CONFIG_FILE.name} built in)."),
+        typer.Option(help="Thresholds YAML (default: the built-in evaluation/drift.yaml)."),
     ] = None,
 ) -> None:
     """Compare each shelf's production training profile with its served features.
 
     Exit 0: no drift; 1: drift (report in DATA_DIR/drift/latest.json); 2: user error.
     """
+    import pandas as pd
+
+    from evaluation.drift import WebhookError, post_webhook, webhook_target
+    from evaluation.drift_job import (
+        check_window,
+        load_drift_config,
+        parse_instant,
+        run_drift,
+        write_latest,
+    )
+
     settings: Settings = ctx.obj if ctx.obj is not None else Settings()
     try:
         thresholds = load_drift_config(config)

@@ -40,6 +40,37 @@ def test_help_lists_every_command():
         assert command in result.stdout, f"{command} missing from --help"
 
 
+HEAVY = ("feast", "xgboost", "pandas", "scipy", "pyarrow", "sklearn")
+"""Libraries no ``--help`` may import: they cost seconds before anything is printed."""
+
+
+def test_help_of_every_command_imports_no_heavy_library():
+    """``homerec [COMMAND] --help`` in a fresh process: the commands import what they use
+    when they run, so help and option parsing never load Feast, XGBoost or pandas."""
+    script = (
+        "import sys\n"
+        "from training.cli import run\n"
+        "sys.argv = ['homerec', *sys.argv[1:]]\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass\n"
+        f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
+    )
+    for command in ([], ["models"], ["drift"], ["features"], ["world", "generate"]):
+        done = subprocess.run(
+            [sys.executable, "-c", script, *command, "--help"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "Usage" in done.stdout, done.stderr
+        assert done.stdout.strip().endswith("LOADED []"), (command, done.stdout[-200:])
+
+
+def test_version_is_printed():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("homerec 0.")
+
+
 def test_evaluate_json_prints_exactly_one_json_object(trained_world: TrainedWorld):
     """`homerec --data-dir D evaluate --json` prints one strict JSON object on stdout, the
     report of every shelf, equal to evaluate_all's; nothing else shares stdout."""

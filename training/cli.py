@@ -6,15 +6,16 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from evaluation.drift_cli import drift_command
+from training.constants import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED
 from training.models_cli import models_app
 from training.settings import Settings
-from training.world import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED
 
 app = typer.Typer(help="homerec: a Home page recommender on Feast features.", no_args_is_help=True)
 world_app = typer.Typer(
@@ -105,6 +106,12 @@ AsOf = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"homerec {package_version('homerec')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -116,6 +123,12 @@ def main(
         typer.Option(help="sqlite or redis (env HOMEREC_ONLINE_STORE; default sqlite)."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -409,24 +422,17 @@ def pipeline_compile(
 
 
 def run() -> None:
-    """Console entry point: errors a user can fix print one line and exit with status 2."""
-    from training.feature_store import ForeignRegistryError
-    from training.rankers import ModelIntegrityError
-    from training.shelves import ShelfConfigError
-    from training.world_import import WorldImportError
-
+    """Console entry point: errors a user can fix print one line and exit with status 2.
+    Nothing heavy is imported before a command runs (``homerec --help`` stays fast)."""
     # XGBoost's OpenMP threads otherwise spin while waiting; on a busy 2-core machine that
     # makes training many times slower for identical models.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    user_errors = (
-        FileNotFoundError,
-        ForeignRegistryError,
-        ShelfConfigError,
-        ModelIntegrityError,
-        WorldImportError,
-    )
     try:
         app()
-    except user_errors as error:
+    except Exception as error:
+        from training.feature_store import ForeignRegistryError
+
+        if not isinstance(error, (*_user_errors(), ForeignRegistryError)):
+            raise
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)

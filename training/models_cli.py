@@ -11,18 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from training.registry import (
-    ALIASES,
-    PRODUCTION,
-    ModelRegistry,
-    ModelVersion,
-    RegistryError,
-)
+from training.constants import ALIASES, PRODUCTION
 from training.settings import Settings
+
+if TYPE_CHECKING:  # the registry (and XGBoost) load when a command runs, not for --help
+    from training.registry import ModelRegistry, ModelVersion
 
 models_app = typer.Typer(
     help="The model registry: versions, aliases, promotion and rollback.", no_args_is_help=True
@@ -36,6 +33,8 @@ _COLUMNS = ("shelf", "version", "sha256", "registered_at", "ndcg", "aliases", "g
 
 def _registry(ctx: typer.Context) -> ModelRegistry:
     """The registry of the command's settings (``ctx.obj``; ``Settings()`` when unset)."""
+    from training.registry import ModelRegistry
+
     settings = ctx.obj if ctx.obj is not None else Settings()
     return ModelRegistry(settings.model_registry_dir)
 
@@ -43,6 +42,8 @@ def _registry(ctx: typer.Context) -> ModelRegistry:
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """Turn registry errors into one line on stderr and exit status 2."""
+    from training.registry import RegistryError
+
     try:
         yield
     except RegistryError as err:
@@ -134,6 +135,8 @@ def list_models(
     as_json: AsJson = False,
 ) -> None:
     """Registered versions of every shelf (or one): checksum, NDCG, aliases, gate."""
+    from training.registry import RegistryError
+
     registry = _registry(ctx)
     records: list[dict[str, Any]] = []
     rows: list[dict[str, str]] = []

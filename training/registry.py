@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from training.constants import ALIASES, CANDIDATE, PRODUCTION
 from training.rankers import (
     CONTRACT_FILE,
     ModelIntegrityError,
@@ -77,9 +78,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRODUCTION = "production"
-CANDIDATE = "candidate"
-ALIASES = (PRODUCTION, CANDIDATE)
 
 VERSIONS_DIR = "versions"
 VERSION_FILE = "version.json"

@@ -72,9 +72,6 @@ from training.schema import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LISTENERS = 3000
-DEFAULT_DAYS = 75
-DEFAULT_SEED = 7
 
 MARKETS: tuple[str, ...] = ("US", "BR", "IN", "DE", "JP", "SE")
 MARKET_SHARES: tuple[float, ...] = (0.34, 0.19, 0.17, 0.12, 0.10, 0.08)

@@ -26,8 +26,8 @@ from training.features import NEW_LISTENER_DAYS
 from training.rankers import load_ranker
 from training.schema import WorldPaths, atomic_write_text, read_world_meta
 from training.settings import Settings
-from training.shelves import Shelf, load_shelves
-from training.train import baseline_ranker, model_dir, training_set_dir
+from training.shelves import Shelf
+from training.train import baseline_ranker, model_dir, select_shelves, training_set_dir
 from training.training_sets import load_training_set
 
 logger = logging.getLogger(__name__)
@@ -162,9 +162,10 @@ def evaluate_shelf(settings: Settings, shelf: Shelf, with_oracle: bool) -> dict[
 
 
 def evaluate_all(settings: Settings, only: list[str] | None = None) -> dict[str, Any]:
-    """``{"shelves": {name: report}}`` for every trained shelf (or those in ``only``)."""
+    """``{"shelves": {name: report}}`` for every trained shelf (or those in ``only``;
+    UnknownShelfError, before anything is read, when one is not declared)."""
+    shelves = select_shelves(settings, only)
     with_oracle = oracle_available(settings)
-    shelves = [s for s in load_shelves(settings.shelves_file) if not only or s.name in only]
     return {
         "shelves": {shelf.name: evaluate_shelf(settings, shelf, with_oracle) for shelf in shelves}
     }

@@ -66,6 +66,28 @@ def test_help_of_every_command_imports_no_heavy_library():
         assert done.stdout.strip().endswith("LOADED []"), (command, done.stdout[-200:])
 
 
+def test_an_unknown_shelf_is_one_line_and_exit_2_and_overwrites_nothing(tmp_path):
+    """train, evaluate and gate name the unknown shelf in one line (no traceback), exit 2,
+    and evaluate leaves the previous report as it was."""
+    report = tmp_path / "data" / "evaluation" / "latest.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"shelves": {"shortcuts": {}}}\n')
+    for command in ("train", "evaluate", "gate"):
+        done = subprocess.run(
+            [sys.executable, "-c", "from training.cli import run; run()"]
+            + ["--data-dir", str(tmp_path / "data"), command, "--shelf", "nope"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, (command, done.stderr[-500:])
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "unknown shelves ['nope']" in errors[0], done.stderr
+        assert "Traceback" not in done.stderr
+    assert report.read_text() == '{"shelves": {"shortcuts": {}}}\n'
+
+
 def test_version_is_printed():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("homerec 0.")

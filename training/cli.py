@@ -56,7 +56,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from training.rankers import ModelIntegrityError
     from training.registry import RegistryError
     from training.retrain import RetrainError
-    from training.shelves import ShelfConfigError
+    from training.shelves import ShelfConfigError, UnknownShelfError
     from training.sweep import SweepConfigError
     from training.training_sets import WindowTooShortError
     from training.world_import import WorldImportError
@@ -64,6 +64,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (
         FileNotFoundError,
         ShelfConfigError,
+        UnknownShelfError,
         ModelIntegrityError,
         WorldImportError,
         RetrainError,

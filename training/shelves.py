@@ -117,6 +117,10 @@ class ShelfConfigError(ValueError):
     """A shelves file that cannot be used; the message names the file and the field."""
 
 
+class UnknownShelfError(ValueError):
+    """A command named a shelf the shelves file does not declare; the message lists them."""
+
+
 def load_shelves(path: Path | None = None) -> list[Shelf]:
     """The shelves declared in ``path`` (default: the built-in shelves.yaml), in page order."""
     path = path or DEFAULT_SHELVES_FILE

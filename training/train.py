@@ -26,7 +26,7 @@ from training.feature_store import open_store, world_window
 from training.rankers import HeuristicRanker, Ranker, ShelfRanker, save_ranker
 from training.registry import CANDIDATE, PRODUCTION, ModelRegistry, ModelVersion
 from training.settings import Settings
-from training.shelves import Shelf, load_shelves
+from training.shelves import Shelf, UnknownShelfError, load_shelves
 from training.training_sets import (
     TimeSplit,
     TrainingSet,
@@ -240,11 +240,11 @@ def train_shelf(
 
 def select_shelves(settings: Settings, only: list[str] | None = None) -> list[Shelf]:
     """The shelves of the shelves file (those named in ``only``), in page order;
-    ValueError naming any unknown shelf."""
+    UnknownShelfError naming any unknown shelf."""
     shelves = load_shelves(settings.shelves_file)
     unknown = sorted(set(only or []) - {shelf.name for shelf in shelves})
     if unknown:
-        raise ValueError(f"unknown shelves {unknown}; shelves: {[s.name for s in shelves]}")
+        raise UnknownShelfError(f"unknown shelves {unknown}; shelves: {[s.name for s in shelves]}")
     return [shelf for shelf in shelves if not only or shelf.name in only]
 
 

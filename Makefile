@@ -38,9 +38,10 @@ chromium:  ## make sure headless Chromium is installed (the dashboard's browser 
 test: install redis-server chromium  ## the whole suite, Redis and browser tests included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
-	$(BIN)/python -m pip install --quiet ruff
+lint: install  ## ruff, the import-layer contracts (import-linter) and mypy on the package
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 clean:  ## remove generated data (keeps .venv)
 	rm -rf data

@@ -35,12 +35,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from evaluation.metrics import ndcg_at_k
 from evaluation.report import PRIMARY_K, oracle_available, oracle_pairs, oracle_ranking_scores
 from training.candidates import audience_rows
-from training.rankers import load_ranker
-from training.settings import Settings
-from training.shelves import Shelf, load_shelves
-from training.train import baseline_ranker, model_dir, training_set_dir
+from training.core.layout import training_set_dir
+from training.core.settings import Settings
+from training.core.shelves import Shelf, load_shelves
+from training.models.fitting import baseline_ranker
+from training.models.registry import CANDIDATE, ModelRegistry
 from training.training_sets import TrainingSet, load_training_set
-from training.world import PLAY_SOURCES, POPULARITY_CHANNELS, familiar_affinity
+from training.world.behaviour import PLAY_SOURCES, POPULARITY_CHANNELS
+from training.world.oracle import familiar_affinity
 
 MIN_MEMBERS = 1000
 SOURCE_VARIANTS = {
@@ -99,7 +101,7 @@ def shelf_bounds(settings: Settings, shelf: Shelf) -> dict[str, Any]:
     """NDCG@10 and gap closed of every variant on the shelf's test window."""
     training_set = load_training_set(training_set_dir(settings, shelf.name))
     test = audience_rows(shelf, training_set.rows["test"])
-    model, _ = load_ranker(model_dir(settings, shelf.name))
+    model, _, _ = ModelRegistry(settings.model_registry_dir).load(shelf.name, CANDIDATE)
     scores = {
         "baseline": baseline_ranker(shelf).predict(test),
         "model": model.predict(test),

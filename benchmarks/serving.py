@@ -48,14 +48,14 @@ from feast.protos.feast.types.Value_pb2 import Value
 from serving.online_features import EntitySnapshot, FastOnlineReader
 from serving.ranking import HomeRanker
 from training.candidates import generate_candidates, read_candidate_inputs
-from training.feature_store import OnlineReader, apply_definitions, materialize, open_store
-from training.schema import WorldPaths
-from training.settings import Settings
-from training.shelves import load_shelves
+from training.core.layout import WorldPaths
+from training.core.settings import Settings
+from training.core.shelves import DEFAULT_SHELVES_FILE, load_shelves
+from training.features.store import OnlineReader, apply_definitions, materialize, open_store
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = (100, 300, 500)
-LINKED = ("world", "features", "models", "registry")
+LINKED = ("world", "features", "registry")
 """Read-only parts of the data directory the benchmark links instead of copying."""
 
 
@@ -114,7 +114,7 @@ def _bench_data_dir(source: Path, workdir: Path, candidates: int) -> tuple[Path,
     for name in LINKED:
         if (source / name).exists():
             (data_dir / name).symlink_to((source / name).resolve())
-    shelves = yaml.safe_load((REPO / "training" / "shelves.yaml").read_text())
+    shelves = yaml.safe_load(DEFAULT_SHELVES_FILE.read_text())
     for shelf in shelves["shelves"]:
         shelf["max_candidates"] = candidates
     shelves_file = workdir / "shelves.yaml"

@@ -22,10 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from evaluation.staleness import staleness_study
-from training.feature_store import world_window
-from training.pipeline import prepare_features
-from training.settings import Settings
-from training.world import WorldConfig, generate_world
+from training.core.settings import Settings
+from training.features.pipeline import prepare_features
+from training.features.store import world_window
+from training.world.behaviour import WorldConfig
+from training.world.generator import generate_world
 
 
 def main() -> None:

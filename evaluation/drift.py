@@ -56,7 +56,8 @@ from numpy.typing import ArrayLike
 from pandas.api import types as ptypes
 from scipy.stats import norm
 
-from training.schema import atomic_write_text
+from training.core.atomic_io import atomic_write_text
+from training.core.errors import UserError
 
 __all__ = [
     "DriftReport",
@@ -165,7 +166,9 @@ class FeatureProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; ``rows`` and ``nulls`` are redundant and checked on load."""
-        buckets = {"edges": list(self.edges)} if self.kind == "numeric" else {}
+        buckets: dict[str, list[float] | list[str]] = {}
+        if self.kind == "numeric":
+            buckets = {"edges": list(self.edges)}
         if self.kind == "categorical":
             buckets = {"values": list(self.values)}
         return {
@@ -584,7 +587,7 @@ def compare(
             )
         )
     report = DriftReport(tuple(drifts), tuple(missing), tuple(extra), reference.rows, current.rows)
-    logger.info(
+    logger.debug(
         "drift: %d of %d features drifted, %d missing",
         len(report.drifted_features) - len(missing),
         len(drifts),
@@ -597,12 +600,18 @@ class WebhookError(RuntimeError):
     """The drift webhook could not be delivered."""
 
 
+class WebhookURLError(UserError, ValueError):
+    """The drift webhook url is not an http(s) url with a host."""
+
+
 def webhook_target(url: str) -> str:
     """``scheme://host[:port]`` of a webhook ``url``, for messages (paths and credentials
-    often carry secrets); ValueError unless it is an http(s) url with a host."""
+    often carry secrets); WebhookURLError unless it is an http(s) url with a host."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"webhook url must be http(s)://host/..., got scheme {parts.scheme!r}")
+        raise WebhookURLError(
+            f"webhook url must be http(s)://host/..., got scheme {parts.scheme!r}"
+        )
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 

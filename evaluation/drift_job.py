@@ -10,7 +10,7 @@ alert. A version registered without a profile gets one rebuilt from the saved tr
 (its ``data_hash`` equals the version's); the rebuilt profile is then recorded, so later
 runs read it.
 
-*Served window*: the rows of the served-feature log (:mod:`serving.feature_log`) of the
+*Served window*: the rows of the served-feature log (:mod:`training.features.served_log`) of the
 shelf with ``since <= served_at < until`` (UTC), served by any model version: the features'
 distribution does not depend on which model scored them.
 
@@ -45,10 +45,12 @@ from evaluation.drift import (
     profile_json,
     profile_on,
 )
-from serving.feature_log import LOG_COLUMNS, LoggedRows, read_logged_rows
-from training.registry import PRODUCTION, PROFILE_FILE, ModelRegistry, RegistryError
-from training.schema import atomic_write_text
-from training.settings import Settings
+from training.core.atomic_io import atomic_write_text
+from training.core.errors import UserError
+from training.core.layout import training_set_dir
+from training.core.settings import Settings
+from training.features.served_log import LOG_COLUMNS, LoggedRows, read_logged_rows
+from training.models.registry import PRODUCTION, PROFILE_FILE, ModelRegistry, RegistryError
 from training.training_sets import TrainingSet, load_training_set
 
 __all__ = [
@@ -62,7 +64,6 @@ __all__ = [
     "check_window",
     "latest_report_path",
     "load_drift_config",
-    "parse_instant",
     "reference_profile",
     "run_drift",
     "save_reference_profile",
@@ -80,7 +81,7 @@ TRAINING_PAIRS = (("train", "valid"), ("valid", "test"))
 """Consecutive training windows compared by ``--compare-training`` (earlier -> later)."""
 
 
-class DriftJobError(ValueError):
+class DriftJobError(UserError, ValueError):
     """A drift check cannot run: no production model, no reference profile, no served rows
     in the window, a bad time. The message names the shelf, file or value concerned."""
 
@@ -154,11 +155,6 @@ def request_count(rows: pd.DataFrame) -> int | None:
         if column in rows:
             return int(rows[column].nunique())
     return None
-
-
-def training_set_dir(settings: Settings, shelf: str) -> Path:
-    """Where ``homerec train`` saves a shelf's training set (training.train's layout)."""
-    return settings.data_dir / "training_sets" / shelf
 
 
 def save_reference_profile(
@@ -242,17 +238,6 @@ def reference_profile(
 
 
 # --------------------------------------------------------------------------- windows
-
-
-def parse_instant(text: str, what: str = "time") -> pd.Timestamp:
-    """An ISO 8601 time as a UTC timestamp (no offset = UTC); DriftJobError when unparsable."""
-    try:
-        instant = pd.Timestamp(text)
-    except (TypeError, ValueError) as err:
-        raise DriftJobError(f"{what} {text!r} is not an ISO 8601 time: {err}") from err
-    if pd.isna(instant):
-        raise DriftJobError(f"{what} {text!r} is not an ISO 8601 time")
-    return instant.tz_localize(UTC) if instant.tzinfo is None else instant.tz_convert(UTC)
 
 
 def check_window(since: pd.Timestamp, until: pd.Timestamp) -> None:

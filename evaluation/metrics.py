@@ -29,9 +29,14 @@ Conventions shared by every metric:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from training.models.rankers import Ranker
 
 __all__ = [
     "average_precision",
@@ -488,3 +493,12 @@ def summarize(
     summary["map"] = mean(_average_precision(ranked, None))
     summary["n_groups"] = n_kept
     return summary
+
+
+def mean_ndcg(frame: pd.DataFrame, scores: np.ndarray, k: int) -> float:
+    """Mean NDCG@k over the groups of ``frame`` (every group has a relevant row)."""
+    return float(ndcg_at_k(frame["group"], frame["label"], scores, k).mean())
+
+
+def validation_ndcg(ranker: Ranker, frame: pd.DataFrame, k: int) -> float:
+    return mean_ndcg(frame, ranker.predict(frame), k)

@@ -22,12 +22,13 @@ from evaluation.metrics import (
     summarize,
 )
 from training.candidates import audience_rows
-from training.features import NEW_LISTENER_DAYS
-from training.rankers import load_ranker
-from training.schema import WorldPaths, atomic_write_text, read_world_meta
-from training.settings import Settings
-from training.shelves import Shelf
-from training.train import baseline_ranker, model_dir, select_shelves, training_set_dir
+from training.core.atomic_io import atomic_write_text
+from training.core.layout import WorldPaths, read_world_meta, trained_on
+from training.core.settings import Settings
+from training.core.shelves import Shelf, select_shelves
+from training.features.tables import NEW_LISTENER_DAYS
+from training.models.fitting import baseline_ranker
+from training.models.registry import CANDIDATE, ModelRegistry
 from training.training_sets import load_training_set
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def oracle_ranking_scores(
 ) -> np.ndarray:
     """The generator's expected engagement under the shelf's label: the best ranking any
     model could produce. ``diagnostics`` go to ``oracle_scores`` (sources, affinity)."""
-    from training.world import oracle_scores
+    from training.world.oracle import oracle_scores
 
     return oracle_scores(
         settings.world_dir,
@@ -97,7 +98,7 @@ def slice_metrics(frame: pd.DataFrame, scores: Mapping[str, np.ndarray]) -> dict
             if len(np.unique(groups)) < MIN_SLICE_GROUPS:
                 continue
             labels = frame.loc[mask, "label"].to_numpy()
-            entry = {"groups": int(len(np.unique(groups)))}
+            entry: dict[str, Any] = {"groups": int(len(np.unique(groups)))}
             for system, score in scores.items():
                 ndcg = ndcg_at_k(groups, labels, score[mask], PRIMARY_K)
                 entry[system] = {f"ndcg@{PRIMARY_K}": float(ndcg.mean())}
@@ -138,10 +139,12 @@ def compare(frame: pd.DataFrame, scores: Mapping[str, np.ndarray], seed: int = 0
 
 
 def evaluate_shelf(settings: Settings, shelf: Shelf, with_oracle: bool) -> dict[str, Any]:
-    """All metrics of one shelf on its held-out test window."""
-    test = load_training_set(training_set_dir(settings, shelf.name)).rows["test"]
+    """All metrics of the shelf's ``candidate`` (the version ``homerec train`` registered
+    last) on the held-out test window of the training set it was trained on."""
+    registry = ModelRegistry(settings.model_registry_dir)
+    model, metadata, record = registry.load(shelf.name, CANDIDATE)
+    test = load_training_set(trained_on(settings, shelf.name, metadata)).rows["test"]
     test = audience_rows(shelf, test)
-    model, _ = load_ranker(model_dir(settings, shelf.name))
     scores = {"model": model.predict(test), "baseline": baseline_ranker(shelf).predict(test)}
     if with_oracle:
         scores["oracle"] = oracle_ranking_scores(settings, shelf, test)
@@ -152,6 +155,7 @@ def evaluate_shelf(settings: Settings, shelf: Shelf, with_oracle: bool) -> dict[
     }
     report["slices"] = slice_metrics(test, scores)
     report["model_vs_baseline"] = compare(test, scores)
+    report["version"] = record.version
     report["test_window"] = {
         "first": str(test["event_timestamp"].min()),
         "last": str(test["event_timestamp"].max()),

@@ -14,13 +14,14 @@ from datetime import datetime
 
 from feast import FeatureStore
 
+from evaluation.metrics import mean_ndcg
 from training.candidates import audience_rows
-from training.feature_store import open_store
-from training.rankers import ShelfRanker
-from training.settings import Settings
-from training.shelves import Shelf
-from training.train import baseline_ranker, fit_ranker, mean_ndcg, select_shelves, shelf_split
-from training.training_sets import TrainingSet, build_training_set
+from training.core.settings import Settings
+from training.core.shelves import Shelf, select_shelves
+from training.features.store import open_store
+from training.models.fitting import baseline_ranker, fit_ranker
+from training.models.rankers import ShelfRanker
+from training.training_sets import TrainingSet, build_training_set, shelf_split
 
 logger = logging.getLogger(__name__)
 

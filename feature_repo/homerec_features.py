@@ -1,6 +1,7 @@
 # homerec's Feast declarations: the single source of every feature, offline and online.
-# The tables are written by `homerec features build` (see training/features.py for how
-# each value is computed); they live in $HOMEREC_DATA_DIR/features (default ../data).
+# The tables are written by `homerec features build` (training/features/tables.py computes
+# each value); they live in $HOMEREC_DATA_DIR/features (default ../data). This file imports
+# nothing of homerec but training.core.constants.
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -10,8 +11,7 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float64, Int64, String
 
-from training.features import DAYPARTS, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
-from training.schema import CONTENT_TYPES
+from training.core.constants import CONTENT_TYPES, DAYPARTS, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
 
 DATA_DIR = Path(os.environ.get("HOMEREC_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
 
@@ -25,158 +25,414 @@ def snapshot_source(table: str) -> FileSource:
     )
 
 
-# A listener of the service (account).
-listener = Entity(name="listener", join_keys=["listener_id"], value_type=ValueType.STRING)
+listener = Entity(
+    name="listener",
+    join_keys=["listener_id"],
+    value_type=ValueType.STRING,
+    description="A listener of the service (account).",
+)
 
-# A catalog item that can be a card: a show, playlist, album or artist.
-item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
+item = Entity(
+    name="item",
+    join_keys=["item_id"],
+    value_type=ValueType.STRING,
+    description="A catalog item that can be a card: a show, playlist, album or artist.",
+)
 
-# A popularity segment: "<market>|<age bucket>" or "<market>|all".
-segment = Entity(name="segment", join_keys=["segment_id"], value_type=ValueType.STRING)
+segment = Entity(
+    name="segment",
+    join_keys=["segment_id"],
+    value_type=ValueType.STRING,
+    description='A popularity segment: "<market>|<age bucket>" or "<market>|all".',
+)
 
-# A market (country) whose editors pick items for the Home page.
-market = Entity(name="market", join_keys=["market_id"], value_type=ValueType.STRING)
+market = Entity(
+    name="market",
+    join_keys=["market_id"],
+    value_type=ValueType.STRING,
+    description="A market (country) whose editors pick items for the Home page.",
+)
 
-# A listener's activity, recency, habits and tastes as of each daily snapshot.
 listener_profile = FeatureView(
     name="listener_profile",
+    description="A listener's activity, recency, habits and tastes as of each daily snapshot.",
     entities=[listener],
     ttl=timedelta(days=2),
     schema=[
-        Field(name="market", dtype=String),
-        Field(name="age_bucket", dtype=String),
-        Field(name="platform", dtype=String),
-        Field(name="account_age_days", dtype=Float64),
+        Field(
+            name="market", dtype=String, description="The listener's market: country code, e.g. SE."
+        ),
+        Field(
+            name="age_bucket", dtype=String, description="The listener's age bucket, e.g. 18-24."
+        ),
+        Field(
+            name="platform",
+            dtype=String,
+            description="The listener's platform, e.g. ios, android, web, desktop.",
+        ),
+        Field(
+            name="account_age_days",
+            dtype=Float64,
+            description="Days since signup: snapshot day minus signup day (at least 1).",
+        ),
         *[
-            Field(name=f"plays_{window}d_{content_type}", dtype=Int64)
+            Field(
+                name=f"plays_{window}d_{content_type}",
+                dtype=Int64,
+                description=f"The listener's plays of {content_type}s in the last {window} days.",
+            )
             for window in (SHORT_WINDOW_DAYS, LONG_WINDOW_DAYS)
             for content_type in CONTENT_TYPES
         ],
-        Field(name="days_since_last_play", dtype=Float64),
-        Field(name="minutes_28d", dtype=Float64),
-        Field(name="active_days_28d", dtype=Int64),
-        Field(name="distinct_items_28d", dtype=Int64),
-        *[Field(name=f"share_{part}_28d", dtype=Float64) for part in DAYPARTS],
-        Field(name="top_genres_28d", dtype=Array(String)),
-        Field(name="top_genre_shares_28d", dtype=Array(Float64)),
-        Field(name="taste_vector", dtype=Array(Float64)),
+        Field(
+            name="days_since_last_play",
+            dtype=Float64,
+            description="Days since the listener's last play (1-28); null if none in 28 days.",
+        ),
+        Field(
+            name="minutes_28d",
+            dtype=Float64,
+            description="Minutes the listener played in the last 28 days (ms_played / 60000).",
+        ),
+        Field(
+            name="active_days_28d",
+            dtype=Int64,
+            description="Days with at least one play by the listener in the last 28 days.",
+        ),
+        Field(
+            name="distinct_items_28d",
+            dtype=Int64,
+            description="Distinct items the listener played in the last 28 days.",
+        ),
+        *[
+            Field(
+                name=f"share_{part}_28d",
+                dtype=Float64,
+                description=(
+                    f"Share of the listener's 28-day plays at local hours {lo}-{hi}; null if none."
+                ),
+            )
+            for part, (lo, hi) in DAYPARTS.items()
+        ],
+        Field(
+            name="top_genres_28d",
+            dtype=Array(String),
+            description="Up to 5 genres the listener played most in 28 days, most played first.",
+        ),
+        Field(
+            name="top_genre_shares_28d",
+            dtype=Array(Float64),
+            description="The listener's 28-day play share of each of top_genres_28d (same order).",
+        ),
+        Field(
+            name="taste_vector",
+            dtype=Array(Float64),
+            description=(
+                "Unit-norm log1p(28-day plays per item) @ item taste vectors (16-d); "
+                "empty if no plays."
+            ),
+        ),
     ],
     source=snapshot_source("listener_profile"),
 )
 
-# An item's public attributes, reach, completion and trend as of each daily snapshot.
 item_stats = FeatureView(
     name="item_stats",
+    description=(
+        "An item's public attributes, reach, completion and trend as of each daily snapshot."
+    ),
     entities=[item],
     ttl=timedelta(days=2),
     schema=[
-        Field(name="content_type", dtype=String),
-        Field(name="genre", dtype=String),
-        Field(name="item_market", dtype=String),
-        Field(name="is_editorial", dtype=Int64),
-        Field(name="item_age_days", dtype=Float64),
-        Field(name="item_plays_7d", dtype=Int64),
-        Field(name="item_plays_28d", dtype=Int64),
-        Field(name="item_listeners_7d", dtype=Int64),
-        Field(name="item_listeners_28d", dtype=Int64),
-        Field(name="item_minutes_28d", dtype=Float64),
-        Field(name="item_completion_28d", dtype=Float64),
-        Field(name="item_trend_7d", dtype=Float64),
-        *[Field(name=f"item_share_{part}_28d", dtype=Float64) for part in DAYPARTS],
+        Field(
+            name="content_type",
+            dtype=String,
+            description="The item's card type: show (podcast), playlist, album or artist.",
+        ),
+        Field(name="genre", dtype=String, description="The item's genre."),
+        Field(
+            name="item_market",
+            dtype=String,
+            description="The item's home market (country code; its language).",
+        ),
+        Field(
+            name="is_editorial",
+            dtype=Int64,
+            description="1 if editors picked the item for the Home page, else 0.",
+        ),
+        Field(
+            name="item_age_days",
+            dtype=Float64,
+            description="Days since release: snapshot day minus release day (at least 1).",
+        ),
+        Field(
+            name="item_plays_7d",
+            dtype=Int64,
+            description="Plays of the item by all listeners in the last 7 days.",
+        ),
+        Field(
+            name="item_plays_28d",
+            dtype=Int64,
+            description="Plays of the item by all listeners in the last 28 days.",
+        ),
+        Field(
+            name="item_listeners_7d",
+            dtype=Int64,
+            description="Unique listeners who played the item in the last 7 days.",
+        ),
+        Field(
+            name="item_listeners_28d",
+            dtype=Int64,
+            description="Unique listeners who played the item in the last 28 days.",
+        ),
+        Field(
+            name="item_minutes_28d",
+            dtype=Float64,
+            description="Minutes of the item played by all listeners in the last 28 days.",
+        ),
+        Field(
+            name="item_completion_28d",
+            dtype=Float64,
+            description="Mean share of the item played per play (0..1), 28 days; null if none.",
+        ),
+        Field(
+            name="item_trend_7d",
+            dtype=Float64,
+            description="Plays in 7 days / (plays in 28 days / 4 + 1): this week vs a mean week.",
+        ),
+        *[
+            Field(
+                name=f"item_share_{part}_28d",
+                dtype=Float64,
+                description=(
+                    f"Share of the item's 28-day plays at local hours {lo}-{hi}; null if none."
+                ),
+            )
+            for part, (lo, hi) in DAYPARTS.items()
+        ],
     ],
     source=snapshot_source("item_stats"),
 )
 
-# How familiar a listener is with an item: plays and recency (what Shortcuts ranks on).
-# Like every feature it looks back 28 days at most ("first play": the first in 28 days), so
-# a feature means the same in training and serving however long the log behind it is.
 listener_item = FeatureView(
     name="listener_item",
+    description=(
+        "How familiar a listener is with an item: plays and recency (what Shortcuts ranks on). "
+        "It looks back 28 days at most, so it means the same in training and serving. A pair has "
+        "rows while played in 28 days, plus a closing row (28-day counts 0) when it stops."
+    ),
     entities=[listener, item],
     ttl=timedelta(days=365),
     schema=[
-        Field(name="pair_plays_7d", dtype=Int64),
-        Field(name="pair_plays_28d", dtype=Int64),
-        Field(name="pair_minutes_28d", dtype=Float64),
-        Field(name="pair_days_since_last_play", dtype=Float64),
-        Field(name="pair_days_since_first_play_28d", dtype=Float64),
-        Field(name="pair_plays_per_day_28d", dtype=Float64),
-        Field(name="pair_share_28d", dtype=Float64),
-        Field(name="pair_plays_3d", dtype=Int64),
-        # How much of the item the listener plays (0..1), its mean logit, and skips (< 15%).
-        Field(name="pair_completion_28d", dtype=Float64),
-        Field(name="pair_completion_logit_28d", dtype=Float64),
-        Field(name="pair_skip_share_28d", dtype=Float64),
-        # The listener's plays of other items on the days after this one's last play, and
-        # the log-probability of that dry spell were the item still played at its share.
-        Field(name="pair_plays_elsewhere_since_last", dtype=Int64),
-        Field(name="pair_dry_spell_logp_28d", dtype=Float64),
+        Field(
+            name="pair_plays_7d",
+            dtype=Int64,
+            description="The listener's plays of the item in the last 7 days.",
+        ),
+        Field(
+            name="pair_plays_28d",
+            dtype=Int64,
+            description="The listener's plays of the item in the last 28 days.",
+        ),
+        Field(
+            name="pair_minutes_28d",
+            dtype=Float64,
+            description="Minutes the listener played the item in the last 28 days.",
+        ),
+        Field(
+            name="pair_days_since_last_play",
+            dtype=Float64,
+            description=(
+                "Days since the listener last played the item (1-28; 29 on the closing row)."
+            ),
+        ),
+        Field(
+            name="pair_days_since_first_play_28d",
+            dtype=Float64,
+            description="Days since the first play in the last 28 days; null on the closing row.",
+        ),
+        Field(
+            name="pair_plays_per_day_28d",
+            dtype=Float64,
+            description="pair_plays_28d / pair_days_since_first_play_28d; 0 on the closing row.",
+        ),
+        Field(
+            name="pair_share_28d",
+            dtype=Float64,
+            description="The item's share of the listener's 28-day plays (0 if none).",
+        ),
+        Field(
+            name="pair_plays_3d",
+            dtype=Int64,
+            description="The listener's plays of the item in the last 3 days (current rotation).",
+        ),
+        Field(
+            name="pair_completion_28d",
+            dtype=Float64,
+            description="Mean share of the item played per play (0..1), 28 days; null if none.",
+        ),
+        Field(
+            name="pair_completion_logit_28d",
+            dtype=Float64,
+            description="Mean logit of completion clipped to [0.01, 0.99], 28 days; null if none.",
+        ),
+        Field(
+            name="pair_skip_share_28d",
+            dtype=Float64,
+            description="Share of the 28-day plays that are skips (< 15% played); null if none.",
+        ),
+        Field(
+            name="pair_plays_elsewhere_since_last",
+            dtype=Int64,
+            description=(
+                "The listener's plays of other items on the days after this item's last play."
+            ),
+        ),
+        Field(
+            name="pair_dry_spell_logp_28d",
+            dtype=Float64,
+            description=(
+                "log P(dry spell) = plays elsewhere since last * log(1 - min(pair_share_28d, 0.95))"
+            ),
+        ),
     ],
     source=snapshot_source("listener_item"),
 )
 
-# Candidate input: a listener's familiar items, most played in 28 days first.
 listener_familiar = FeatureView(
     name="listener_familiar",
+    description="Candidate input: a listener's familiar items, most played in 28 days first.",
     entities=[listener],
     ttl=timedelta(days=2),
     schema=[
-        Field(name="familiar_items", dtype=Array(String)),
-        Field(name="familiar_content_types", dtype=Array(String)),
-        Field(name="familiar_plays_28d", dtype=Array(Int64)),
+        Field(
+            name="familiar_items",
+            dtype=Array(String),
+            description=(
+                "Every item the listener played in 28 days: most plays first, then most recent."
+            ),
+        ),
+        Field(
+            name="familiar_content_types",
+            dtype=Array(String),
+            description="The content type of each item in familiar_items (same order).",
+        ),
+        Field(
+            name="familiar_plays_28d",
+            dtype=Array(Int64),
+            description="The listener's 28-day plays of each item in familiar_items (same order).",
+        ),
     ],
     source=snapshot_source("listener_familiar"),
 )
 
-# Candidate input: co-listening neighbours of an item, per content type, most similar first.
 item_neighbours = FeatureView(
     name="item_neighbours",
+    description=(
+        "Candidate input: co-listening neighbours of an item, per content type, most similar "
+        "first (rebuilt every 7 days)."
+    ),
     entities=[item],
     ttl=timedelta(days=8),
     schema=[
         field
         for content_type in CONTENT_TYPES
         for field in (
-            Field(name=f"neighbours_{content_type}", dtype=Array(String)),
-            Field(name=f"neighbour_scores_{content_type}", dtype=Array(Float64)),
+            Field(
+                name=f"neighbours_{content_type}",
+                dtype=Array(String),
+                description=(
+                    f"Up to 20 {content_type}s sharing 2+ of the item's 28-day listeners, most "
+                    "similar (cosine) first."
+                ),
+            ),
+            Field(
+                name=f"neighbour_scores_{content_type}",
+                dtype=Array(Float64),
+                description=(
+                    "Cosine similarity of 28-day listener sets to each of "
+                    f"neighbours_{content_type} (same order)."
+                ),
+            ),
         )
     ]
-    + [Field(name="item_taste_vector", dtype=Array(Float64))],
+    + [
+        Field(
+            name="item_taste_vector",
+            dtype=Array(Float64),
+            description="The item's 16-d taste vector: SVD of log1p 28-day listener x item plays.",
+        )
+    ],
     source=snapshot_source("item_neighbours"),
 )
 
-# Candidate input: items most listened to in a segment (7 days; by new listeners: 28 days).
 segment_popular = FeatureView(
     name="segment_popular",
+    description=(
+        "Candidate input: items most listened to in a segment (7 days; by new listeners: 28 days)."
+    ),
     entities=[segment],
     ttl=timedelta(days=2),
     schema=[
         field
         for content_type in CONTENT_TYPES
         for field in (
-            Field(name=f"popular_{content_type}", dtype=Array(String)),
-            Field(name=f"popular_{content_type}_listeners_7d", dtype=Array(Int64)),
-            Field(name=f"popular_new_{content_type}", dtype=Array(String)),
-            Field(name=f"popular_new_{content_type}_listeners_28d", dtype=Array(Int64)),
+            Field(
+                name=f"popular_{content_type}",
+                dtype=Array(String),
+                description=(
+                    f"Up to 50 {content_type}s with most unique listeners of the segment in the "
+                    "last 7 days."
+                ),
+            ),
+            Field(
+                name=f"popular_{content_type}_listeners_7d",
+                dtype=Array(Int64),
+                description=(
+                    f"Unique segment listeners in 7 days of each item in popular_{content_type}."
+                ),
+            ),
+            Field(
+                name=f"popular_new_{content_type}",
+                dtype=Array(String),
+                description=(
+                    f"Up to 50 {content_type}s with most unique new (account <= 30 days) segment "
+                    "listeners in 28 days."
+                ),
+            ),
+            Field(
+                name=f"popular_new_{content_type}_listeners_28d",
+                dtype=Array(Int64),
+                description=(
+                    "Unique new segment listeners in 28 days of each item in "
+                    f"popular_new_{content_type}."
+                ),
+            ),
         )
     ],
     source=snapshot_source("segment_popular"),
 )
 
-# Candidate input: editorial picks of a market, newest first, per content type.
 market_editorial = FeatureView(
     name="market_editorial",
+    description="Candidate input: editorial picks of a market, newest first, per content type.",
     entities=[market],
     ttl=timedelta(days=2),
     schema=[
-        Field(name=f"editorial_{content_type}", dtype=Array(String))
+        Field(
+            name=f"editorial_{content_type}",
+            dtype=Array(String),
+            description=(
+                f"Up to 50 editorial {content_type}s of the market released before the snapshot, "
+                "newest first."
+            ),
+        )
         for content_type in CONTENT_TYPES
     ],
     source=snapshot_source("market_editorial"),
 )
 
 
-# How well an item fits a listener: taste vectors, genre share, market and dayparts.
 @on_demand_feature_view(
     sources=[
         listener_profile[
@@ -186,6 +442,8 @@ market_editorial = FeatureView(
         item_stats[["genre", "item_market"] + [f"item_share_{part}_28d" for part in DAYPARTS]],
         item_neighbours[["item_taste_vector"]],
     ],
+    # No Field descriptions here: feast apply compares the declared fields with the ones it
+    # infers by running the function, description included, and rejects them (Feast #3617).
     schema=[
         Field(name="genre_affinity_28d", dtype=Float64),
         Field(name="same_market", dtype=Int64),
@@ -193,6 +451,13 @@ market_editorial = FeatureView(
         Field(name="taste_match", dtype=Float64),
     ],
     mode="pandas",
+    description=(
+        "How well an item fits a listener: taste vectors, genre share, market and dayparts. "
+        "genre_affinity_28d: the listener's 28-day play share of the item's genre if in their "
+        "top 5, else 0; same_market: 1 if the listener's market is the item's, else 0; "
+        "daypart_match_28d: sum over dayparts of listener x item 28-day play share (null as 0); "
+        "taste_match: taste_vector . item_taste_vector, null if either is empty."
+    ),
 )
 def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
     # Feast runs this function from its source text: it may use only its own imports.
@@ -230,19 +495,22 @@ def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-# The features of Shortcuts model v1: listener, item and their familiarity.
 shortcuts_v1 = FeatureService(
     name="shortcuts_v1",
     features=[listener_profile, item_stats, listener_item, listener_item_match],
+    description="The features of Shortcuts model v1: listener, item and their familiarity.",
 )
 
-# The features of Shows you might like model v1: listener, show and any familiarity.
 shows_you_might_like_v1 = FeatureService(
     name="shows_you_might_like_v1",
     features=[listener_profile, item_stats, listener_item, listener_item_match],
+    description=(
+        "The features of Shows you might like model v1: listener, show and any familiarity."
+    ),
 )
 
-# The features of Try something else model v1 (cold start): listener and playlist.
 try_something_else_v1 = FeatureService(
-    name="try_something_else_v1", features=[listener_profile, item_stats, listener_item_match]
+    name="try_something_else_v1",
+    features=[listener_profile, item_stats, listener_item_match],
+    description="The features of Try something else model v1 (cold start): listener and playlist.",
 )

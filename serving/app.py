@@ -25,6 +25,7 @@ import.
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -43,7 +44,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.dashboard import dashboard_router
 from serving.deps import AdminAccess, LoadedRanker
 from serving.errors import http_error, unexpected_error, validation_error, without_paths
-from serving.feature_log import FeatureLog
 from serving.metrics import ServingMetrics
 from serving.middleware import ServingMiddleware
 from serving.ranking import HomeRanker
@@ -59,7 +59,9 @@ from serving.schemas import (
     Ready,
     ShelfModelInfo,
 )
-from training.settings import Settings
+from training.core.errors import UserError
+from training.core.settings import Settings
+from training.features.served_log import FeatureLog
 
 logger = logging.getLogger(__name__)
 
@@ -294,8 +296,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.feature_log = None
     app.state.metrics = ServingMetrics()
     app.state.reload_lock = asyncio.Lock()
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    # Starlette types a handler as taking any Exception; each of these takes its own type.
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(
         ServingMiddleware,
@@ -315,13 +318,34 @@ def app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
+class ServeAddressError(UserError, OSError):
+    """The address to serve on cannot be listened on (in use, not local, not permitted)."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, for uvicorn to listen on; ServeAddressError (before
+    any model loads) when the port is taken or the host is not an address of this machine."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ServeAddressError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}: choose a free port "
+            "with --port (or stop what holds this one)"
+        ) from error
+    return sock
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the Home ranker with uvicorn until interrupted (the ``homerec serve`` command)."""
+    sock = listening_socket(host, port)
     logger.info("serving %s on http://%s:%d", settings.data_dir, host, port)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
-        host=host,
-        port=port,
         log_config=None,
         h11_max_incomplete_event_size=settings.serve_max_header_bytes,
     )
+    uvicorn.Server(config).run(sockets=[sock])

@@ -21,6 +21,7 @@ shadow of the serving state that neither logs feature vectors (drift would other
 candidate models and picked listeners) nor counts in the app's Prometheus metrics.
 """
 
+import functools
 import json
 import logging
 import math
@@ -55,19 +56,17 @@ from serving.ranking import (
     registry_shelf_model,
 )
 from serving.schemas import ID_PATTERN, MAX_K, SEGMENT_PATTERN
-from training.features import NEW_LISTENER_DAYS
-from training.rankers import CONTRACT_FILE
-from training.registry import (
+from training.core.layout import WorldPaths
+from training.core.settings import Settings
+from training.core.shelves import Shelf
+from training.features.tables import NEW_LISTENER_DAYS
+from training.models.registry import (
     CANDIDATE,
     ModelRegistry,
     ModelVersion,
     RegistryError,
     RegistryLookupError,
 )
-from training.schema import WorldPaths
-from training.settings import Settings
-from training.shelves import Shelf
-from training.train import model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -344,9 +343,7 @@ def _candidate_models(
             models[shelf.name] = _cached.get(
                 ranker,
                 f"candidate:{shelf.name}:{version}:{sha256}",
-                lambda shelf=shelf, version=version: registry_shelf_model(
-                    settings, ranker.store, shelf, version
-                ),
+                functools.partial(registry_shelf_model, settings, ranker.store, shelf, version),
             )
         except RegistryLookupError:
             missing[shelf.name] = "no candidate"
@@ -447,7 +444,7 @@ def _number(value: Any) -> float | None:
 def _version_row(record: ModelVersion) -> dict[str, Any]:
     """One version: validation NDCG recorded at training and, once the evaluation gate
     decided, the test-window NDCG of the version and of the heuristic it was held to
-    (the decision's ``metric``, ``candidate`` and ``baseline``, training/gate.py)."""
+    (the decision's ``metric``, ``candidate`` and ``baseline``, evaluation/gate.py)."""
     metric, model, baseline = _ndcg_pair(record.metrics)
     decision = record.decision or {}
     return {
@@ -465,41 +462,15 @@ def _version_row(record: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _local_version(settings: Settings, shelf: str) -> list[dict[str, Any]]:
-    """The model folder's model as one ``local`` version (before any registry use)."""
-    path = model_dir(settings, shelf) / CONTRACT_FILE
-    try:
-        contract = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    metadata = contract.get("metadata") or {}
-    metric, model, baseline = _ndcg_pair(metadata.get("metrics") or {})
-    return [
-        {
-            "version": "local",
-            "sha256": str(contract.get("sha256", ""))[:12],
-            "registered_at": metadata.get("trained_at"),
-            "aliases": [],
-            "gate": "-",
-            "metric": metric,
-            "model": model,
-            "baseline": baseline,
-            "test_metric": None,
-            "test_model": None,
-            "test_baseline": None,
-        }
-    ]
-
-
 def shelf_versions(settings: Settings, shelf: str) -> tuple[list[dict[str, Any]], str | None]:
-    """Every registered version of the shelf with its model and baseline NDCG (the model
-    folder's model when the registry has none), and a registry error to show, if any."""
+    """Every registered version of the shelf with its model and baseline NDCG, and a
+    registry error to show, if any."""
     try:
         records = ModelRegistry(settings.model_registry_dir).versions(shelf)
     except RegistryLookupError:
-        return _local_version(settings, shelf), None
+        return [], None
     except RegistryError as error:
-        return _local_version(settings, shelf), str(error)
+        return [], str(error)
     return [_version_row(record) for record in records], None
 
 

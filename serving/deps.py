@@ -14,7 +14,7 @@ from fastapi import Depends, Header, HTTPException, Request, status
 from pydantic import SecretStr
 
 from serving.ranking import HomeRanker
-from training.settings import Settings
+from training.core.settings import Settings
 
 
 def loaded_ranker(request: Request) -> HomeRanker:

@@ -8,6 +8,7 @@ two.
 """
 
 import re
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -30,7 +31,7 @@ def without_paths(text: str) -> str:
 
 
 def error_response(
-    status_code: int, message: str, detail: Any = None, headers: dict[str, str] | None = None
+    status_code: int, message: str, detail: Any = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The one error shape: ``detail`` defaults to the message."""
     message = without_paths(message)

@@ -24,16 +24,17 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from feast import FeatureService, FeatureStore, FeatureView, OnDemandFeatureView
+from feast import FeatureService, FeatureStore, FeatureView, FileSource, OnDemandFeatureView
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
 
-from training.feature_store import FeatureSelection, OnlineReader, aligned, feature_names
+from training.features.store import FeatureSelection, OnlineReader, aligned, feature_names
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class ViewRequest:
     features: list[str] = field(default_factory=list)
 
 
+def _view_and_feature(reference: str) -> tuple[str, str]:
+    """``view:feature`` as ``(view, feature)``."""
+    view, _, feature = reference.partition(":")
+    return view, feature
+
+
 def _view_features(
     store: FeatureStore, selection: FeatureSelection
 ) -> tuple[dict[str, ViewRequest], list[OnDemandFeatureView]]:
@@ -66,7 +73,7 @@ def _view_features(
             for feature in projection.features
         ]
     else:
-        references = [tuple(reference.split(":", 1)) for reference in selection]
+        references = [_view_and_feature(reference) for reference in selection]
     on_demand_views = {odfv.name: odfv for odfv in store.list_on_demand_feature_views()}
     views: dict[str, ViewRequest] = {}
     on_demand: dict[str, OnDemandFeatureView] = {}
@@ -118,7 +125,10 @@ def snapshot_version(store: FeatureStore, views: Iterable[str]) -> str:
 
 def _source_ids(view: FeatureView, repo_path: Path) -> pd.DataFrame:
     """Every entity id in the view's offline source (a parquet file), unique."""
-    path = Path(view.batch_source.path)
+    source = view.batch_source
+    if not isinstance(source, FileSource):
+        raise TypeError(f"view {view.name}: a file (parquet) source is needed, not {source}")
+    path = Path(source.path)
     if not path.is_absolute():
         path = repo_path / path
     keys = _join_keys(view)
@@ -158,7 +168,7 @@ class EntitySnapshot:
             frame = pd.concat(parts) if parts else pd.DataFrame(columns=feature_names(references))
             frame.index = pd.Index(ids[keys[0]].astype(str), name=keys[0])
             frames[view.name] = frame
-            logger.info("snapshot of %s: %d ids", view.name, len(frame))
+            logger.debug("snapshot of %s: %d ids", view.name, len(frame))
         return cls(version, frames)
 
     def is_current(self, store: FeatureStore) -> bool:
@@ -195,7 +205,7 @@ _SCALARS = frozenset(
 def _decoded(values: list[Value]) -> list:
     """Python values as ``OnlineResponse`` decodes them (Feast's own decoder for anything
     but scalars), missing values as None."""
-    decoded = []
+    decoded: list[Any] = []
     for value in values:
         kind = value.WhichOneof("val")
         if kind is None:

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 from feast import FeatureService, FeatureStore
 
-from serving.feature_log import FeatureLog
 from serving.metrics import ServingMetrics
 from serving.online_features import EntitySnapshot, FastOnlineReader, SnapshotReader
 from training.candidates import (
@@ -40,13 +39,14 @@ from training.candidates import (
     in_audience,
     read_candidate_inputs,
 )
-from training.feature_store import FeatureSelection, check_servable, open_store
-from training.rankers import HeuristicRanker, ModelIntegrityError, ShelfRanker
-from training.registry import ModelRegistry, ModelVersion, RegistryError
-from training.schema import WorldPaths
-from training.settings import Settings
-from training.shelves import Shelf, load_shelves
-from training.train import baseline_ranker
+from training.core.layout import WorldPaths
+from training.core.settings import Settings
+from training.core.shelves import Shelf, load_shelves
+from training.features.served_log import FeatureLog
+from training.features.store import FeatureSelection, check_servable, open_store
+from training.models.fitting import baseline_ranker
+from training.models.rankers import HeuristicRanker, ModelIntegrityError, ShelfRanker
+from training.models.registry import ModelRegistry, ModelVersion, RegistryError
 from training.training_sets import model_feature_names
 
 logger = logging.getLogger(__name__)
@@ -555,7 +555,8 @@ class HomeRanker:
                 continue
             started = time.perf_counter()
             shelf_model = models[shelf.name]
-            served, problem, cards = shelf_model.served, "feature_store", []
+            served, cards = shelf_model.served, []
+            problem: str | None = "feature_store"
             if inputs is not None:
                 try:
                     candidates = generate_candidates(shelf, inputs)

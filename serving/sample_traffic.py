@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from tqdm.auto import tqdm
 
 from serving.app import create_app
-from training.schema import WorldPaths
-from training.settings import Settings
+from training.core.layout import WorldPaths
+from training.core.settings import Settings
 
 
 class SampleTrafficError(RuntimeError):

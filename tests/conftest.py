@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 import redis
 
-from training.feature_store import apply_definitions, materialize
-from training.features import build_features
-from training.settings import Settings
-from training.world import WorldConfig, generate_world
+from training.core.settings import Settings
+from training.features.store import apply_definitions, materialize
+from training.features.tables import build_features
+from training.models.registry import CANDIDATE, ModelRegistry
+from training.world.behaviour import WorldConfig
+from training.world.generator import generate_world
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL_WORLD = WorldConfig(listeners=300, days=35, seed=11)
@@ -102,6 +104,15 @@ class RedisServer:
         self.process = None
 
 
+def candidate_dir(settings: Settings, shelf: str) -> Path:
+    """The registry directory of the shelf's candidate (the version ``homerec train``
+    registered last): a ranker directory ``load_ranker`` reads."""
+    registry = ModelRegistry(settings.model_registry_dir)
+    version = registry.alias(shelf, CANDIDATE)
+    assert version is not None, f"{shelf} has no candidate"
+    return registry.get(shelf, version).path
+
+
 def require(binary: str) -> str:
     """The path of a system binary ``make test`` installs: skipped locally when missing,
     a failure under CI=true (those tests must run there)."""
@@ -168,23 +179,24 @@ def trained_world(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorld:
     small a shelf model can trail its heuristic by noise, and the serving tests need every
     shelf served by a blessed model; the gate's own thresholds are tested in test_gate.py.
     """
+    from evaluation.gate import gate_candidates
     from evaluation.report import evaluate_all
-    from training import train
-    from training.gate import gate_candidates
-    from training.pipeline import prepare_features
+    from training.features.pipeline import prepare_features
+    from training.jobs import train
+    from training.models import registry
 
     settings = project_settings(tmp_path_factory.mktemp("trained") / "data", **SHORT_WINDOWS)
     generate_world(TRAIN_WORLD, settings.world_dir)
     prepare_features(settings)
     fitted: dict[str, Any] = {}
-    save_ranker = train.save_ranker
+    save_ranker = registry.save_ranker
 
     def keep_fitted(ranker, directory, metadata):
         fitted[metadata["shelf"]] = ranker
         return save_ranker(ranker, directory, metadata)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "save_ranker", keep_fitted)
+        patch.setattr(registry, "save_ranker", keep_fitted)
         trained = {shelf.shelf: shelf for shelf in train.train_all(settings)}
     report = evaluate_all(settings)
     outcomes = gate_candidates(settings.model_copy(update={"gate_min_lift": -1.0}))

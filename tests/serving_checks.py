@@ -13,10 +13,10 @@ from serving.app import create_app
 from serving.online_features import EntitySnapshot, FastOnlineReader
 from tests.conftest import free_port
 from training.candidates import LISTENER_FEATURES
-from training.feature_store import OnlineReader, open_store
-from training.schema import WorldPaths
-from training.settings import Settings
-from training.shelves import load_shelves
+from training.core.layout import WorldPaths
+from training.core.settings import Settings
+from training.core.shelves import load_shelves
+from training.features.store import OnlineReader, open_store
 
 NEW_LISTENER_DAYS = 30  # try_something_else's audience (shelves.yaml)
 

@@ -21,9 +21,9 @@ from training.candidates import (
     in_audience,
     read_candidate_inputs,
 )
-from training.feature_store import OfflineReader, OnlineReader, open_store, world_window
-from training.settings import Settings
-from training.shelves import Shelf, load_shelves, shelf_by_name
+from training.core.settings import Settings
+from training.core.shelves import Shelf, load_shelves, shelf_by_name
+from training.features.store import OfflineReader, OnlineReader, open_store, world_window
 
 SHELVES = load_shelves()
 SHELF_NAMES = [shelf.name for shelf in SHELVES]

@@ -24,17 +24,18 @@ import pytest
 from evaluation.drift import build_profile
 from evaluation.drift import compare as drift_compare
 from evaluation.drift_job import latest_report_path as drift_report_path
+from evaluation.metrics import validation_ndcg
 from evaluation.report import latest_report_path as evaluation_report_path
 from serving.app import create_app
 from serving.dashboard import _read_json
-from tests.conftest import SHORT_WINDOWS, TrainedWorld, project_settings, require
+from tests.conftest import SHORT_WINDOWS, TrainedWorld, candidate_dir, project_settings, require
 from tests.serving_checks import LiveServer
-from training.rankers import ShelfRanker, load_ranker
-from training.registry import ModelRegistry
-from training.schema import WorldPaths
-from training.settings import Settings
-from training.shelves import load_shelves, shelf_by_name
-from training.train import baseline_ranker, model_dir, training_set_dir, validation_ndcg
+from training.core.layout import WorldPaths, training_set_dir
+from training.core.settings import Settings
+from training.core.shelves import load_shelves, shelf_by_name
+from training.models.fitting import baseline_ranker
+from training.models.rankers import ShelfRanker, load_ranker
+from training.models.registry import ModelRegistry
 from training.training_sets import load_training_set
 
 CHROMIUM = "chromium"
@@ -49,11 +50,11 @@ WINDOW = (1600, 1400)
 # --------------------------------------------------------------------------- fixtures
 
 
-def _register_versions(settings: Settings) -> None:
-    """The trained Shortcuts model as production v1, and a smaller refit of it (other
-    trees, so other scores) as candidate v2, each with its validation NDCG."""
+def _register_versions(settings: Settings, trained: Settings) -> None:
+    """The Shortcuts model trained in ``trained`` as production v1, and a smaller refit of
+    it (other trees, so other scores) as candidate v2, each with its validation NDCG."""
     shelf = shelf_by_name(SHELVES, REGISTERED)
-    production, metadata = load_ranker(model_dir(settings, REGISTERED))
+    production, metadata = load_ranker(candidate_dir(trained, REGISTERED))
     training_set = load_training_set(training_set_dir(settings, REGISTERED))
     small = ShelfRanker(
         feature_names=training_set.feature_names, n_estimators=15, max_depth=2, seed=7
@@ -123,7 +124,7 @@ def dashboard_settings(trained_world: TrainedWorld, tmp_path_factory) -> Setting
     settings = project_settings(
         data_dir, **SHORT_WINDOWS, feature_log_sample_rate=0, serve_refresh_seconds=0
     )
-    _register_versions(settings)
+    _register_versions(settings, trained_world.settings)
     evaluation = evaluation_report_path(settings)
     evaluation.parent.mkdir(parents=True, exist_ok=True)
     evaluation.write_text(json.dumps(trained_world.report))
@@ -288,7 +289,9 @@ def test_dashboard_renders_a_listener_in_headless_chromium(
         else:
             assert not columns["candidate"]["available"], f"{name} has no candidate"
     assert dom.recent_rows > 1, "recent listening is empty"
-    assert dom.charts.count("versions") == len(SHELF_NAMES)
+    # a versions chart for each shelf with registered versions: the registry is the one
+    # model store, and this one holds only REGISTERED's
+    assert dom.charts.count("versions") == 1
     assert dom.charts.count("slices") == len(SHELF_NAMES)
     assert dom.drift_reports == 1
 

@@ -17,7 +17,6 @@ import typer
 from typer.testing import CliRunner
 
 from evaluation.drift import build_profile, load_profile
-from evaluation.drift_cli import drift_command
 from evaluation.drift_job import (
     DriftConfig,
     DriftConfigError,
@@ -29,14 +28,16 @@ from evaluation.drift_job import (
     save_reference_profile,
     training_set_dir,
 )
-from serving.feature_log import LOG_COLUMNS, FeatureLog, read_feature_log
 from tests.conftest import TrainedWorld
 from tests.test_drift import loopback  # noqa: F401  (the loopback webhook server fixture)
 from training.candidates import audience_rows
-from training.rankers import load_ranker
-from training.registry import PROFILE_FILE, ModelRegistry, RegistryError
-from training.settings import Settings
-from training.shelves import load_shelves, shelf_by_name
+from training.cli.drift import drift_command
+from training.cli.errors import ReportingGroup
+from training.core.settings import Settings
+from training.core.shelves import load_shelves, shelf_by_name
+from training.features.served_log import LOG_COLUMNS, FeatureLog, read_feature_log
+from training.models.rankers import load_ranker
+from training.models.registry import PROFILE_FILE, ModelRegistry, RegistryError
 from training.training_sets import load_training_set
 
 SHELF = "shows_you_might_like"
@@ -54,7 +55,7 @@ def world(trained_world: TrainedWorld, tmp_path_factory: pytest.TempPathFactory)
     for shelf in trained_world.trained:
         source = training_set_dir(trained_world.settings, shelf)
         shutil.copytree(source, training_set_dir(settings, shelf))
-        ranker, metadata = load_ranker(trained_world.trained[shelf].model_dir)
+        ranker, metadata = load_ranker(trained_world.trained[shelf].version_dir)
         version = registry.register(shelf, ranker, metadata).version
         registry.promote(shelf, version, reason="drift test: no gate run", force=True)
         train = load_training_set(source).rows["train"]
@@ -114,8 +115,9 @@ def settings(world: Settings, tmp_path: Path) -> Settings:
 
 def make_cli(settings: Settings):
     """``drift_command`` mounted as ``drift`` on a tiny app that puts ``settings`` in
-    ctx.obj, as the main app does; returns invoke(*args) -> Result (stdout/stderr apart)."""
-    app = typer.Typer()
+    ctx.obj and reports errors, as the main app does; returns invoke(*args) -> Result
+    (stdout/stderr apart)."""
+    app = typer.Typer(cls=ReportingGroup)
 
     @app.callback()
     def main(ctx: typer.Context) -> None:
@@ -172,7 +174,7 @@ def test_missing_profile_is_rebuilt_only_from_the_versions_own_training_set(
     trained_world, tmp_path, train_rows
 ):
     registry = ModelRegistry(tmp_path / "registry")
-    ranker, metadata = load_ranker(trained_world.trained[SHELF].model_dir)
+    ranker, metadata = load_ranker(trained_world.trained[SHELF].version_dir)
     version = registry.register(SHELF, ranker, metadata).version
     with pytest.raises(DriftJobError, match="has no reference profile .*save_reference_profile"):
         reference_profile(registry, SHELF, version)
@@ -341,7 +343,7 @@ def test_compare_training_reports_consecutive_windows(cli, settings, train_rows,
     ("args", "message"),
     [
         (["--shelf", "nope"], "unknown shelf 'nope'"),
-        (["--since", "yesterday-ish"], "--since 'yesterday-ish' is not an ISO 8601 time"),
+        (["--since", "yesterday-ish"], "--since 'yesterday-ish' is not an ISO 8601 date or time"),
         (["--since", "2030-01-03", "--until", "2030-01-02"], "empty window"),
         (["--webhook", "file:///etc/passwd"], "webhook url must be http"),
         (["--config", "absent.yaml"], "cannot read"),

@@ -1,23 +1,26 @@
 """Feast on real stores: point-in-time correctness offline, and online values equal to offline."""
 
+import ast
 import shutil
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import SMALL_WORLD, project_settings
-from training.feature_store import (
+from tests.conftest import REPO_ROOT, SMALL_WORLD, project_settings
+from training.core.settings import Settings
+from training.features.store import (
     ForeignRegistryError,
     apply_definitions,
     materialize,
     open_store,
     world_window,
 )
-from training.features import build_features
-from training.settings import Settings
-from training.world import generate_world
+from training.features.tables import build_features
+from training.world.generator import generate_world
 
 PROFILE_FIELDS = ["plays_7d_show", "plays_28d_album", "days_since_last_play", "minutes_28d"]
 PAIR_FIELDS = ["pair_plays_28d", "pair_days_since_first_play_28d", "pair_days_since_last_play"]
@@ -198,3 +201,51 @@ def test_a_registry_copied_from_another_data_dir_is_not_applied(
     with pytest.raises(ForeignRegistryError, match="belongs to another data directory"):
         apply_definitions(settings)
     assert_online_equals_offline(small_world_store)
+
+
+ARROW_TYPES = {
+    "String": pa.string(),
+    "Int64": pa.int64(),
+    "Float64": pa.float64(),
+    "Array(String)": pa.list_(pa.string()),
+    "Array(Int64)": pa.list_(pa.int64()),
+    "Array(Float64)": pa.list_(pa.float64()),
+}
+"""The parquet column type ``features build`` must write for each declared Feast type."""
+
+
+def test_declared_schemas_match_the_tables_features_build_writes(small_world_store: Settings):
+    """Every feature view's declared fields are the columns of its table, with the parquet
+    type of their Feast type, plus exactly its join keys and event_timestamp: a feature
+    declared but not written, written but not declared, or of another type fails. Each
+    view and each of its features is described (``description=``), as Feast's template does."""
+    store = open_store(small_world_store)
+    views = store.list_feature_views()
+    assert len(views) == 7
+    for view in views:
+        schema = pq.read_schema(small_world_store.features_dir / f"{view.name}.parquet")
+        declared = {field.name: ARROW_TYPES[str(field.dtype)] for field in view.schema}
+        keys = {column.name for column in view.entity_columns}
+        written = {name: schema.field(name).type for name in schema.names}
+        assert set(written) == set(declared) | keys | {"event_timestamp"}, view.name
+        for name, arrow_type in declared.items():
+            assert written[name] == arrow_type, (view.name, name, written[name], arrow_type)
+        assert pa.types.is_timestamp(written["event_timestamp"]), view.name
+        undocumented = [field.name for field in view.features if not field.description]
+        assert view.description and not undocumented, (view.name, undocumented)
+
+
+def test_the_feature_repo_imports_only_feast_and_the_constants_module():
+    """``feature_repo/`` is declarations only: Feast imports every file in it, so a homerec
+    import there would load the feature pipeline into every ``feast apply``."""
+    allowed = {"datetime", "os", "pathlib", "numpy", "pandas", "training.core.constants"}
+    for path in (REPO_ROOT / "feature_repo").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        others = {name for name in imported if name.split(".")[0] != "feast"} - allowed
+        assert not others, f"{path.name} imports {sorted(others)}"

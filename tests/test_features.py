@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.features import build_features
-from training.schema import WorldPaths, coerce_table, write_world_meta
+from training.core.layout import WorldPaths, coerce_table, write_world_meta
+from training.features.tables import build_features
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
 

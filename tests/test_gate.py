@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from tests.conftest import TrainedWorld
-from training.gate import (
+from evaluation.gate import (
     GateConfigError,
     GateRequest,
     evaluation_frame,
@@ -22,11 +21,13 @@ from training.gate import (
     push,
     thresholds,
 )
-from training.rankers import ShelfRanker, load_ranker
-from training.registry import PRODUCTION, ModelRegistry, RegistryError
-from training.settings import Settings
-from training.shelves import load_shelves, shelf_by_name
-from training.train import fit_ranker, model_dir, training_set_dir
+from tests.conftest import TrainedWorld, candidate_dir
+from training.core.layout import training_set_dir
+from training.core.settings import Settings
+from training.core.shelves import load_shelves, shelf_by_name
+from training.models.fitting import fit_ranker
+from training.models.rankers import ShelfRanker, load_ranker
+from training.models.registry import PRODUCTION, ModelRegistry, RegistryError
 from training.training_sets import TrainingSet, load_training_set
 
 SHELF = shelf_by_name(load_shelves(), "shortcuts")
@@ -42,7 +43,7 @@ def gated(trained_world: TrainedWorld, tmp_path_factory: pytest.TempPathFactory)
         update={"registry_dir": tmp_path_factory.mktemp("gate") / "registry"}
     )
     registry = ModelRegistry(settings.model_registry_dir)
-    _, metadata = load_ranker(model_dir(settings, SHELF.name))
+    _, metadata = load_ranker(candidate_dir(trained_world.settings, SHELF.name))
     good = registry.register(SHELF.name, trained_world.fitted[SHELF.name], metadata).version
     directory = training_set_dir(settings, SHELF.name)
     frame = evaluation_frame(directory, SHELF)

@@ -16,19 +16,19 @@ from fastapi.testclient import TestClient
 from feast.feature_view import FeatureViewState
 
 from serving.app import create_app
-from serving.feature_log import FeatureLog
 from tests.conftest import REPO_ROOT, project_settings
-from training.feature_store import (
+from training.core.atomic_io import PROCESS_STARTED, remove_leftovers, replacing_dir
+from training.core.settings import Settings
+from training.features.served_log import FeatureLog
+from training.features.store import (
     UnservableViewsError,
     apply_definitions,
     check_servable,
     materialize,
     open_store,
 )
-from training.schema import PROCESS_STARTED, remove_leftovers, replacing_dir
-from training.settings import Settings
 
-HOMEREC = [sys.executable, "-c", "from training.cli import run; run()"]
+HOMEREC = [sys.executable, "-c", "from training.cli.main import run; run()"]
 """The ``homerec`` command of this interpreter's environment."""
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from evaluation.metrics import groups_with_positives, ndcg_at_k
-from training.rankers import (
+from training.models.rankers import (
     CONTRACT_FILE,
     MODEL_FILE,
     HeuristicRanker,
@@ -298,7 +298,7 @@ def test_metadata_must_be_json(fitted, tmp_path):
 
 def test_fit_without_eval_set_uses_every_round_and_logs_progress(problem, caplog):
     """Guards the no-validation path and the INFO progress log (rounds, best iteration)."""
-    caplog.set_level("INFO", logger="training.rankers")
+    caplog.set_level("DEBUG", logger="training.models.rankers")
     ranker = small_ranker(n_estimators=20, log_every=10).fit(*problem["train"])
     assert ranker.best_iteration_ == 19
     assert ranker.best_score_ is None

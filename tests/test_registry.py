@@ -14,16 +14,23 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from training.models_cli import models_app
-from training.rankers import MODEL_FILE, ModelIntegrityError, ShelfRanker, load_ranker, save_ranker
-from training.registry import (
+from training.cli.errors import ReportingGroup
+from training.cli.models import models_app
+from training.core.settings import Settings
+from training.models.rankers import (
+    MODEL_FILE,
+    ModelIntegrityError,
+    ShelfRanker,
+    load_ranker,
+    save_ranker,
+)
+from training.models.registry import (
     ModelRegistry,
     RegistryError,
     RegistryIntegrityError,
     RegistryLookupError,
     RegistryRefusedError,
 )
-from training.settings import Settings
 
 FEATURES = ["f1", "f2", "genre"]
 SHELF = "shows"
@@ -45,7 +52,7 @@ def tiny_ranker(n_estimators: int) -> ShelfRanker:
 
 
 def metadata(ndcg: float = 0.5, shelf: str = SHELF) -> dict:
-    """Metadata shaped like training.train.train_shelf's."""
+    """Metadata shaped like training.jobs.train.train_shelf's."""
     return {
         "shelf": shelf,
         "feature_service": f"{shelf}_v1",
@@ -202,7 +209,7 @@ def test_promote_and_rollback_restore_the_previous_production(blessed, rankers):
 
 def test_every_alias_switch_is_an_event_line(blessed, caplog):
     registry = blessed
-    caplog.set_level("INFO", logger="training.registry")
+    caplog.set_level("INFO", logger="training.models.registry")
     registry.set_alias(SHELF, "candidate", 1, reason="r1")
     registry.promote(SHELF, reason="r2")
     registry.promote(SHELF, 2, reason="r3")
@@ -417,7 +424,7 @@ def test_registry_root_prefers_registry_dir(tmp_path):
 def cli(tmp_path: Path):
     """``homerec models`` mounted on a tiny app that puts Settings in ctx.obj, as the
     main app does; returns an invoke(args) function."""
-    app = typer.Typer()
+    app = typer.Typer(cls=ReportingGroup)
 
     @app.callback()
     def main(ctx: typer.Context) -> None:

@@ -17,12 +17,13 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import REPO_ROOT, SHORT_WINDOWS, project_settings
-from training import retrain as retrain_module
-from training.cli import app
-from training.registry import PRODUCTION, ModelRegistry
-from training.retrain import open_run, parse_as_of, step_record
-from training.settings import Settings
-from training.world import WorldConfig, generate_world
+from training.cli.main import app
+from training.core.settings import Settings
+from training.jobs import retrain as retrain_module
+from training.jobs.retrain import open_run, parse_as_of, step_record
+from training.models.registry import PRODUCTION, ModelRegistry
+from training.world.behaviour import WorldConfig
+from training.world.generator import generate_world
 
 TINY_WORLD = WorldConfig(listeners=200, days=40, seed=5)
 SHELF = "shortcuts"
@@ -149,7 +150,7 @@ def test_force_reruns_every_step_without_a_duplicate_version(history):
     ("args", "message"),
     [
         (["--as-of", "2025-01-01"], "outside the world window"),
-        (["--as-of", "not-a-date"], "not a date"),
+        (["--as-of", "not-a-date"], "is not an ISO 8601 date"),
         (["--shelf", "nope"], "unknown shelves"),
         (["--as-of", "2026-01-10"], "too short"),
     ],
@@ -194,7 +195,7 @@ def test_pipeline_compile_writes_the_kfp_yaml(history, tmp_path: Path):
 
 def test_sweep_pipeline_compiles_with_a_parallel_for(history, tmp_path: Path):
     output = tmp_path / "sweep.yaml"
-    grid = REPO_ROOT / "training" / "sweep.yaml"
+    grid = REPO_ROOT / "training" / "jobs" / "sweep.yaml"
     result = homerec(
         history["settings"], "pipeline", "compile", "--output", str(output), "--sweep", str(grid)
     )
@@ -236,7 +237,7 @@ def test_kfp_local_runs_the_pipeline_end_to_end(history, tmp_path: Path, monkeyp
     through the same run_step as `homerec retrain`."""
     from kfp import local
 
-    from training.kfp_pipeline import retrain_pipeline
+    from training.jobs.kfp_pipeline import retrain_pipeline
 
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)

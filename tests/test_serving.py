@@ -16,26 +16,25 @@ from fastapi.testclient import TestClient
 
 from serving import online_features
 from serving.app import create_app
-from serving.feature_log import read_feature_log
 from serving.sample_traffic import sample_listeners, serve_sample
-from tests.conftest import SHORT_WINDOWS, TrainedWorld, project_settings
+from tests.conftest import SHORT_WINDOWS, TrainedWorld, candidate_dir, project_settings
 from tests.serving_checks import assert_fast_reads_equal_feast
 from training.candidates import (
     LISTENER_FEATURES,
     generate_candidates,
     read_candidate_inputs,
 )
-from training.feature_store import (
+from training.core.layout import WorldPaths
+from training.core.shelves import load_shelves, shelf_by_name
+from training.features.served_log import read_feature_log
+from training.features.store import (
     OnlineReader,
     apply_definitions,
     materialize,
     open_store,
     world_window,
 )
-from training.rankers import load_ranker
-from training.schema import WorldPaths
-from training.shelves import load_shelves, shelf_by_name
-from training.train import model_dir
+from training.models.rankers import load_ranker
 
 SHELVES = load_shelves()
 SHELF_NAMES = [shelf.name for shelf in SHELVES]
@@ -359,7 +358,7 @@ def test_served_shortcuts_equal_the_library_ranking(
         store.get_feature_service(shelf.feature_service), rows[["listener_id", "item_id"]]
     )
     X = pd.concat([rows, features], axis=1)
-    ranker, _ = load_ranker(model_dir(settings, shelf.name))
+    ranker, _ = load_ranker(candidate_dir(settings, shelf.name))
     scores = ranker.predict(X)
     np.testing.assert_array_equal(scores, trained_world.fitted[shelf.name].predict(X))
     order = np.argsort(-scores, kind="stable")

@@ -15,14 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.feature_log import read_feature_log
-from tests.conftest import RedisServer, TrainedWorld, project_settings, running_redis
+from tests.conftest import RedisServer, TrainedWorld, candidate_dir, project_settings, running_redis
 from tests.serving_checks import LiveServer, assert_fast_reads_equal_feast, listener_kinds
-from training.feature_store import OnlineReader, apply_definitions, materialize, open_store
-from training.rankers import load_ranker
-from training.registry import ModelRegistry
-from training.settings import Settings
-from training.train import model_dir
+from training.core.settings import Settings
+from training.features.served_log import read_feature_log
+from training.features.store import OnlineReader, apply_definitions, materialize, open_store
+from training.models.rankers import load_ranker
+from training.models.registry import ModelRegistry
 
 pytestmark = pytest.mark.redis
 
@@ -254,7 +253,7 @@ def test_rollback_reaches_a_running_server(trained_world: TrainedWorld, tmp_path
     )
     registry = ModelRegistry(settings.model_registry_dir)
     shelf = "shortcuts"
-    ranker, metadata = load_ranker(model_dir(trained_world.settings, shelf))
+    ranker, metadata = load_ranker(candidate_dir(trained_world.settings, shelf))
     for version in (1, 2):  # no gate here: each push is a recorded override
         registry.register(shelf, ranker, metadata)
         registry.promote(shelf, version, reason=f"test push {version}", force=True)

@@ -24,14 +24,13 @@ from serving.app import create_app
 from serving.errors import without_paths
 from serving.middleware import MAX_JSON_DEPTH, BadBody, check_json_body
 from serving.ranking import load_shelf_model
-from tests.conftest import TrainedWorld, project_settings
+from tests.conftest import TrainedWorld, candidate_dir, project_settings
 from tests.serving_checks import LiveServer, listener_kinds
-from training.feature_store import open_store
-from training.rankers import load_ranker
-from training.registry import ModelRegistry
-from training.settings import Settings
-from training.shelves import load_shelves, shelf_by_name
-from training.train import model_dir
+from training.core.settings import Settings
+from training.core.shelves import load_shelves, shelf_by_name
+from training.features.store import open_store
+from training.models.rankers import load_ranker
+from training.models.registry import ModelRegistry
 
 SHELF = "shortcuts"
 RANK = "/v1/rank"
@@ -51,7 +50,7 @@ def _own_registry(trained_world: TrainedWorld, tmp_path: Path, **overrides) -> S
 
 def _register_shortcuts(trained_world: TrainedWorld, settings: Settings) -> ModelRegistry:
     registry = ModelRegistry(settings.model_registry_dir)
-    ranker, metadata = load_ranker(model_dir(trained_world.settings, SHELF))
+    ranker, metadata = load_ranker(candidate_dir(trained_world.settings, SHELF))
     registry.register(SHELF, ranker, metadata)
     return registry
 
@@ -78,13 +77,12 @@ def test_an_override_is_shown_and_no_ungated_folder_is_ever_served(
     trained_world: TrainedWorld, tmp_path: Path
 ) -> None:
     """Shortcuts' gate-refused v1, forced in with a reason, is served as blessed=false in
-    /ready, /metrics and the page. The other shelves have no production version: they
-    serve their heuristic although ``models/<shelf>`` holds a trained (ungated) model."""
+    /ready, /metrics and the page. The other shelves have no production version in this
+    registry: they serve their heuristic."""
     settings = _own_registry(trained_world, tmp_path)
     registry = _register_shortcuts(trained_world, settings)
     registry.record_decision(SHELF, 1, {"passed": False, "reasons": ["test: refused"]})
     registry.promote(SHELF, 1, reason="incident 12: hotfix", force=True)
-    assert all(model_dir(settings, name).is_dir() for name in trained_world.trained)
     with LiveServer(settings) as server:
         ready = _ready(server)
         shelves = _shelves(ready)

@@ -8,7 +8,7 @@ import pytest
 
 from evaluation.staleness import staleness_study
 from tests.conftest import TrainedWorld
-from training.feature_store import world_window
+from training.features.store import world_window
 
 
 def test_stale_and_retrained_models_are_scored_on_each_later_window(

@@ -20,19 +20,21 @@ import pytest
 import yaml
 
 from evaluation.report import evaluate_all, format_table
-from tests.conftest import SHORT_WINDOWS, TrainedWorld, project_settings
-from training.feature_store import open_store, world_window
-from training.pipeline import prepare_features
-from training.rankers import load_ranker, save_ranker
-from training.settings import Settings
-from training.shelves import (
+from tests.conftest import SHORT_WINDOWS, TrainedWorld, candidate_dir, project_settings
+from training.core.layout import training_set_dir
+from training.core.settings import Settings
+from training.core.shelves import (
     DEFAULT_SHELVES_FILE,
     Label,
     ShelfConfigError,
     load_shelves,
     shelf_by_name,
 )
-from training.train import fit_ranker, model_dir, train_all, training_set_dir
+from training.features.pipeline import prepare_features
+from training.features.store import open_store, world_window
+from training.jobs.train import train_all
+from training.models.fitting import fit_ranker
+from training.models.rankers import load_ranker, save_ranker
 from training.training_sets import (
     TrainingSet,
     frame_hash,
@@ -42,7 +44,7 @@ from training.training_sets import (
     snapshot_requests,
     time_split,
 )
-from training.world_import import import_world
+from training.world.importer import import_world
 
 SHELVES = load_shelves()
 SHELF_NAMES = [shelf.name for shelf in SHELVES]
@@ -354,11 +356,11 @@ def test_oracle_bounds_the_model(trained_world: TrainedWorld, name: str):
 def test_saved_model_reloads_to_the_predictions_made_right_after_training(
     trained_world: TrainedWorld, name: str
 ):
-    """load_ranker(model_dir) scores the saved test rows exactly (bit for bit) as the
-    ranker train_all held in memory before saving it."""
+    """The registered candidate, loaded, scores the saved test rows exactly (bit for bit)
+    as the ranker train_all held in memory before saving it."""
     settings = trained_world.settings
     test = training_set(settings, name).rows["test"]
-    loaded, _ = load_ranker(model_dir(settings, name))
+    loaded, _ = load_ranker(candidate_dir(settings, name))
     in_memory = trained_world.fitted[name].predict(test)
     np.testing.assert_array_equal(loaded.predict(test), in_memory)
     assert np.unique(in_memory).size > 1, "a constant model would pass trivially"
@@ -373,7 +375,7 @@ def test_refit_on_the_saved_training_set_reproduces_the_model(trained_world, tmp
     test = ts.rows["test"]
     refit = fit_ranker(ts)
     predictions = refit.predict(test)
-    saved, _ = load_ranker(model_dir(settings, "shortcuts"))
+    saved, _ = load_ranker(candidate_dir(settings, "shortcuts"))
     np.testing.assert_array_equal(predictions, saved.predict(test))
     save_ranker(refit, tmp_path / "model", {"shelf": "shortcuts"})
     reloaded, metadata = load_ranker(tmp_path / "model")
@@ -389,8 +391,8 @@ def test_ranker_json_records_the_models_contract(trained_world: TrainedWorld, na
     settings = trained_world.settings
     shelf = shelf_by_name(SHELVES, name)
     ts = training_set(settings, name)
-    _, metadata = load_ranker(model_dir(settings, name))
-    contract = json.loads((model_dir(settings, name) / "ranker.json").read_text())
+    _, metadata = load_ranker(candidate_dir(settings, name))
+    contract = json.loads((candidate_dir(settings, name) / "ranker.json").read_text())
     assert contract["sha256"] == trained_world.trained[name].sha256
     assert metadata["feature_service"] == shelf.feature_service
     assert metadata["feature_names"] == ts.feature_names == contract["feature_names"]
@@ -538,7 +540,7 @@ def test_user_added_shelf_trains_and_evaluates_with_no_code_change(
         types = set(ts.rows[window]["item_id"].map(items["content_type"]))
         assert types == {"album"}, f"{window}: {types}"
         assert set(ts.rows[window]["source"]) <= {"popular", "neighbours"}
-    _, metadata = load_ranker(model_dir(settings, "more_albums"))
+    _, metadata = load_ranker(candidate_dir(settings, "more_albums"))
     assert metadata["feature_service"] == "shows_you_might_like_v1"
     report = evaluate_all(settings)
     assert list(report["shelves"]) == ["more_albums"]

@@ -8,16 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import world
-from training.schema import (
-    CONTENT_TYPES,
+from training.core.constants import CONTENT_TYPES
+from training.core.layout import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     LISTENER_COLUMNS,
     WorldPaths,
     coerce_table,
 )
-from training.world import WorldConfig, config_from_meta, generate_world, oracle_scores
+from training.world import behaviour as world
+from training.world import generator
+from training.world.behaviour import WorldConfig, config_from_meta
+from training.world.generator import generate_world
+from training.world.oracle import familiar_affinity, oracle_scores
 
 # several chunks, so the chunked simulation and the row-group writers are exercised
 SMALL = WorldConfig(listeners=300, days=21, seed=11, chunk_size=128)
@@ -366,7 +369,7 @@ def test_oracle_with_estimated_affinity(world_dir, tables, events, start):
     pairs = pd.DataFrame(
         {"listener_id": np.repeat(listeners, len(items)), "item_id": np.tile(items, len(listeners))}
     ).assign(timestamp=start + pd.Timedelta(days=SNAPSHOT_DAY))
-    truth = world.familiar_affinity(world_dir, pairs)
+    truth = familiar_affinity(world_dir, pairs)
     member = ~np.isnan(truth)
     assert 0 < member.sum() < len(pairs)
     estimates = pairs[member].assign(affinity=truth[member])
@@ -392,7 +395,7 @@ def _fail(*args, **kwargs):
 
 
 def test_failed_generation_leaves_no_world_behind(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(world, "_events_frame", _fail)
+    monkeypatch.setattr(generator, "_events_frame", _fail)
     with pytest.raises(RuntimeError, match="disk full"):
         generate_world(WorldConfig(listeners=40, days=3, seed=1), tmp_path / "world")
     assert list(tmp_path.iterdir()) == [], "neither a world nor a staging directory is left"
@@ -403,7 +406,7 @@ def test_failed_generation_keeps_the_old_world_intact(tmp_path: Path, monkeypatc
     generate_world(WorldConfig(listeners=40, days=3, seed=1), root)
     before = _read(root)
     meta_before = WorldPaths(root).meta.read_text()
-    monkeypatch.setattr(world, "_events_frame", _fail)
+    monkeypatch.setattr(generator, "_events_frame", _fail)
     with pytest.raises(RuntimeError, match="disk full"):
         generate_world(WorldConfig(listeners=60, days=3, seed=2), root)
     assert WorldPaths(root).meta.read_text() == meta_before

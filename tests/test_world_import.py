@@ -1,4 +1,4 @@
-"""Tests for training.world_import: a real listening log becomes a contract-exact world."""
+"""Tests for training.world.importer: a real listening log becomes a contract-exact world."""
 
 import json
 import textwrap
@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training import world_import
-from training.schema import TABLE_COLUMNS, WorldPaths, coerce_table
-from training.world_import import WorldImportError, import_world
+from training.core.layout import TABLE_COLUMNS, WorldPaths, coerce_table
+from training.world import importer as world_import
+from training.world.importer import WorldImportError, import_world
 
 UTC = "UTC"
 

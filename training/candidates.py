@@ -7,20 +7,22 @@ training sets) or online (for serving). ``generate_candidates`` is a pure functi
 those inputs, so the same request yields the same candidates either way.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from training.features import ALL_AGES, segment_ids
-from training.shelves import (
+from training.core.shelves import (
     EditorialSource,
     FamiliarSource,
     NeighbourSource,
     PopularSource,
     Shelf,
 )
+from training.features.store import FeatureSelection
+from training.features.tables import ALL_AGES, segment_ids
 
 LISTENER_FEATURES = [
     "listener_profile:market",
@@ -35,7 +37,7 @@ CANDIDATE_COLUMNS = ["group", "item_id", "source", "reason"]
 class FeatureReader(Protocol):
     """Reads Feast features for entity rows, returning one row per input row, same index."""
 
-    def read(self, features: list[str], entities: pd.DataFrame) -> pd.DataFrame: ...
+    def read(self, features: FeatureSelection, entities: pd.DataFrame) -> pd.DataFrame: ...
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def _explode(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return exploded
 
 
-def _familiar_rows(listeners: pd.DataFrame, keep: list[str] = ()) -> pd.DataFrame:
+def _familiar_rows(listeners: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
     """group, item_id, content_type, familiar_rank: the familiar lists, one row per item."""
     rows = _explode(
         listeners[["group", *keep, "familiar_items", "familiar_content_types"]],
@@ -250,7 +252,10 @@ def _editorial_candidates(shelf: Shelf, source: EditorialSource, inputs: Candida
     return rows[["group", "item_id", "rank", "reason", "cand_editorial_rank"]]
 
 
-_SOURCES = {
+CandidateSource = Callable[[Shelf, Any, CandidateInputs], pd.DataFrame]
+"""Stage-1 rows of one source of a shelf: group, item_id, rank, reason and its signals."""
+
+_SOURCES: dict[str, CandidateSource] = {
     "familiar": _familiar_candidates,
     "neighbours": _neighbour_candidates,
     "popular": _popular_candidates,

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,12 @@ from training.candidates import (
     in_audience,
     read_candidate_inputs,
 )
-from training.feature_store import OfflineReader
-from training.schema import WorldPaths, atomic_write_text, replacing_dir
-from training.settings import Settings
-from training.shelves import Label, Shelf
+from training.core.atomic_io import atomic_write_text, replacing_dir
+from training.core.errors import UserError
+from training.core.layout import WorldPaths
+from training.core.settings import Settings
+from training.core.shelves import Label, Shelf, load_shelves
+from training.features.store import OfflineReader, world_window
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class TimeSplit:
         }
 
 
-class WindowTooShortError(ValueError):
+class WindowTooShortError(UserError, ValueError):
     """The world window cannot hold the warm-up and the train, valid and test windows."""
 
 
@@ -309,3 +312,31 @@ def load_training_set(directory: Path) -> TrainingSet:
     return TrainingSet(
         meta["shelf"], rows, meta["feature_names"], split, meta["data_hash"], reference
     )
+
+
+def shelf_split(settings: Settings, shelf: Shelf, as_of: datetime | None = None) -> TimeSplit:
+    """The shelf's train/valid/test snapshots in the world window, cut at ``as_of`` when
+    given: every snapshot and label then comes from events before ``as_of``."""
+    start, end = world_window(settings)
+    if as_of is not None:
+        end = min(end, as_of)
+    return time_split(pd.Timestamp(start), pd.Timestamp(end), shelf.label.horizon_days, settings)
+
+
+def check_windows_fit(settings: Settings, start: date, days: int) -> None:
+    """WindowTooShortError when a world of ``days`` days from ``start`` cannot hold some
+    shelf's warm-up, train, valid and test windows (checked before a world is made)."""
+    first = pd.Timestamp(start, tz="UTC")
+    for shelf in load_shelves(settings.shelves_file):
+        time_split(first, first + pd.Timedelta(days=days), shelf.label.horizon_days, settings)
+
+
+def build_shelf_training_set(
+    settings: Settings, store: FeatureStore, shelf: Shelf, split: TimeSplit, directory: Path
+) -> TrainingSet:
+    """Build the shelf's training set for ``split`` from Feast and save it to ``directory``."""
+    training_set = build_training_set(
+        store, shelf, settings.world_dir, split, settings.max_requests_per_snapshot
+    )
+    save_training_set(training_set, directory)
+    return training_set

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.schema import atomic_writer, remove_leftovers
+from training.core.atomic_io import atomic_writer, remove_leftovers
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 on a shelf's train window and scored on its validation window; the best point's model is
 registered as the shelf's ``candidate`` (the evaluation gate decides whether it ships).
 
-The training set is the one of a retraining run (:mod:`training.retrain`'s ``window``,
+The training set is the one of a retraining run (:mod:`training.jobs.retrain`'s ``window``,
 ``features`` and ``training_set`` steps, skipped when finished), so a sweep and a retrain
 of the same as-of compare models on the same data. Locally the points run one after the
 other (:func:`sweep`); the Kubeflow sweep pipeline runs one task per point
@@ -23,17 +23,15 @@ from typing import Any
 
 import yaml
 
-from training.rankers import ShelfRanker
-from training.registry import ModelRegistry
-from training.retrain import execute, open_run, parse_as_of, plan
-from training.settings import Settings
-from training.train import (
-    fit_ranker,
-    register_candidate,
-    select_shelves,
-    training_metadata,
-    validation_ndcg,
-)
+from evaluation.metrics import validation_ndcg
+from training.core.errors import UserError
+from training.core.settings import Settings
+from training.core.shelves import select_shelves
+from training.jobs.retrain import execute, open_run, parse_as_of, plan
+from training.jobs.train import register_candidate, training_metadata
+from training.models.fitting import fit_ranker
+from training.models.rankers import ShelfRanker
+from training.models.registry import ModelRegistry
 from training.training_sets import TrainingSet, load_training_set
 
 logger = logging.getLogger(__name__)
@@ -43,7 +41,7 @@ FIXED_PARAMS = ("feature_names", "seed", "n_jobs", "log_every")
 """ShelfRanker parameters a grid may not vary (the contract, determinism, resources)."""
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(UserError, ValueError):
     """A sweep file that cannot be used; the message names the file and the key."""
 
 
@@ -183,6 +181,7 @@ def sweep(
             if top is None or score > top[0]:
                 top = (score, ranker)
         trials += shelf_trials
+        assert top is not None  # load_grid refuses an empty grid
         best[shelf.name] = register_best(settings, shelf.name, shelf_trials, as_of, top[1])
     return {"trials": trials, "best": best}
 

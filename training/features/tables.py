@@ -51,21 +51,14 @@ import pyarrow.parquet as pq
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from training.schema import CONTENT_TYPES, WorldPaths, read_world_meta, replacing_dir
+from training.core.atomic_io import replacing_dir
+from training.core.constants import CONTENT_TYPES, DAYPARTS, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
+from training.core.layout import WorldPaths, read_world_meta
 
 logger = logging.getLogger(__name__)
 
 DAY = pd.Timedelta(days=1)
-SHORT_WINDOW_DAYS = 7
-LONG_WINDOW_DAYS = 28
 WINDOWS = (SHORT_WINDOW_DAYS, LONG_WINDOW_DAYS)
-DAYPARTS: dict[str, tuple[int, int]] = {
-    "night": (0, 6),
-    "morning": (6, 12),
-    "afternoon": (12, 18),
-    "evening": (18, 24),
-}
-"""Local hour ranges [from, to) of the dayparts used for time-of-day habits."""
 TOP_GENRES = 5
 TASTE_DIM = 16
 NEIGHBOURS_PER_TYPE = 20
@@ -534,7 +527,8 @@ def _listener_rows(world: EncodedWorld, chunk: _Chunk) -> tuple[np.ndarray, np.n
     signup = world.listeners["signup_day"].to_numpy()[chunk.first : chunk.stop]
     snapshot = np.arange(1, world.n_days + 1)
     exists = signup[:, None] < snapshot[None, :]
-    return np.nonzero(exists)
+    rows, snapshots = np.nonzero(exists)
+    return rows, snapshots
 
 
 def _listener_profile_table(
@@ -627,7 +621,8 @@ def _pair_rows(long_plays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     active = long_plays > 0
     was_active = np.zeros_like(active)
     was_active[:, 1:] = active[:, :-1]
-    return np.nonzero(active | was_active)
+    rows, snapshots = np.nonzero(active | was_active)
+    return rows, snapshots
 
 
 def _listener_item_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> pa.Table:
@@ -755,7 +750,8 @@ def _colisten_sample(listener_code: np.ndarray, n_listeners: int) -> np.ndarray:
 def _item_rows(world: EncodedWorld) -> tuple[np.ndarray, np.ndarray]:
     """(item, snapshot index) of every item released before the snapshot."""
     release = world.items["release_day"].to_numpy()
-    return np.nonzero(release[:, None] < np.arange(1, world.n_days + 1)[None, :])
+    rows, snapshots = np.nonzero(release[:, None] < np.arange(1, world.n_days + 1)[None, :])
+    return rows, snapshots
 
 
 def _item_stats_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Table:

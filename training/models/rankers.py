@@ -36,7 +36,8 @@ import xgboost as xgb
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from training.schema import atomic_write_bytes
+from training.core.atomic_io import atomic_write_bytes
+from training.core.errors import UserError
 
 __all__ = [
     "CONTRACT_FILE",
@@ -69,7 +70,7 @@ _CONTRACT_KEYS = (
 EvalSet = tuple[pd.DataFrame, np.ndarray, np.ndarray]
 
 
-class ModelIntegrityError(ValueError):
+class ModelIntegrityError(UserError, ValueError):
     """A saved ranker cannot be trusted: a file is missing or corrupt, or the contract in
     ``ranker.json`` disagrees with the model file. The message names the file and the problem."""
 
@@ -207,7 +208,7 @@ class _ProgressLog(xgb.callback.TrainingCallback):
                 for data, metrics in evals_log.items()
                 for metric, values in metrics.items()
             )
-            logger.info("round %d/%d %s", epoch + 1, self.total, latest or "(no eval set)")
+            logger.debug("round %d/%d %s", epoch + 1, self.total, latest or "(no eval set)")
         return False
 
 
@@ -347,7 +348,7 @@ class ShelfRanker(BaseEstimator):
             evals.append((self._dmatrix(X_valid, y_valid, group_valid, "eval_set"), "valid"))
             if not (np.asarray(y_valid) > 0).any():
                 logger.warning("eval_set has no positive label; early stopping is blind")
-        logger.info(
+        logger.debug(
             "training %s on %d rows, %d groups, %d features (%d categorical), up to %d rounds",
             self.objective,
             train.num_row(),
@@ -482,7 +483,7 @@ def save_ranker(ranker: ShelfRanker, directory: Path, metadata: Mapping[str, Any
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / MODEL_FILE, raw)
     atomic_write_bytes(directory / CONTRACT_FILE, (text + "\n").encode("utf-8"))
-    logger.info(
+    logger.debug(
         "saved ranker to %s (sha256 %s, %d features, best iteration %d)",
         directory,
         digest,
@@ -627,5 +628,5 @@ def load_ranker(directory: Path) -> tuple[ShelfRanker, dict[str, Any]]:
     ranker.best_iteration_ = contract["best_iteration"]
     ranker.best_score_ = contract.get("best_score")
     ranker.evals_result_ = contract.get("evals_result") or {}
-    logger.info("loaded ranker from %s (sha256 %s)", directory, digest)
+    logger.debug("loaded ranker from %s (sha256 %s)", directory, digest)
     return ranker, dict(contract["metadata"])

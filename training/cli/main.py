@@ -1,23 +1,27 @@
 """The ``homerec`` command line: thin commands over typed functions."""
 
-import contextlib
 import json
 import logging
 import os
-import sys
-from collections.abc import Iterator
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from evaluation.drift_cli import drift_command
-from training.constants import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED
-from training.models_cli import models_app
-from training.settings import Settings
+from training.cli.drift import drift_command
+from training.cli.errors import ReportingGroup, failed_steps
+from training.cli.models import models_app
+from training.cli.output import configure_output
+from training.core.constants import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED
+from training.core.errors import ExitCode
+from training.core.settings import Settings
 
-app = typer.Typer(help="homerec: a Home page recommender on Feast features.", no_args_is_help=True)
+app = typer.Typer(
+    cls=ReportingGroup,
+    help="homerec: a Home page recommender on Feast features.",
+    no_args_is_help=True,
+)
 world_app = typer.Typer(
     help="Create the listening world (synthetic or imported).", no_args_is_help=True
 )
@@ -37,67 +41,18 @@ Days = Annotated[int, typer.Option(min=14, help="Days of listening.")]
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same files.")]
 DEFAULT_DEMO_TRAFFIC = 1000
 """Home pages ``homerec demo`` serves at the end, so ``homerec drift`` has served rows."""
+NEXT_STEPS = """
+next (everything is in {data_dir}):
+  homerec serve                   the Home ranker on http://127.0.0.1:8000
+  curl http://127.0.0.1:8000/v1/home/L0000001   a listener's Home page (JSON)
+  open http://127.0.0.1:8000/dashboard          the manual-evaluation dashboard
+  homerec evaluate                NDCG@10 of each shelf's candidate vs its heuristic
+  homerec models list             registered versions, aliases and gate decisions
+  homerec drift                   served vs training features (Chebyshev distance)"""
 
 
 def _settings(ctx: typer.Context) -> Settings:
     return ctx.obj
-
-
-EXIT_REFUSED = 1
-"""A gate refused a version (retrain, gate): nothing broke, nothing was pushed."""
-EXIT_USER_ERROR = 2
-EXIT_FAILED = 3
-"""A step failed (retrain, sweep, gate, pipeline): re-running resumes where it stopped."""
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors a user can fix (bad input or configuration): exit status 2."""
-    from training.gate import GateConfigError
-    from training.rankers import ModelIntegrityError
-    from training.registry import RegistryError
-    from training.retrain import RetrainError
-    from training.shelves import ShelfConfigError, UnknownShelfError
-    from training.sweep import SweepConfigError
-    from training.training_sets import WindowTooShortError
-    from training.world_import import WorldImportError
-
-    return (
-        FileNotFoundError,
-        ShelfConfigError,
-        UnknownShelfError,
-        ModelIntegrityError,
-        WorldImportError,
-        RetrainError,
-        GateConfigError,
-        SweepConfigError,
-        RegistryError,
-        WindowTooShortError,
-    )
-
-
-@contextlib.contextmanager
-def _user_error_exit() -> Iterator[None]:
-    """User errors: one line on stderr, exit 2 (other errors propagate)."""
-    try:
-        yield
-    except _user_errors() as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(EXIT_USER_ERROR) from error
-
-
-@contextlib.contextmanager
-def _exit_codes(what: str) -> Iterator[None]:
-    """User errors: one line on stderr, exit 2. Any other failure: logged with its
-    traceback, exit 3 (so a scheduler can tell them from a refused gate, exit 1)."""
-    try:
-        with _user_error_exit():
-            yield
-    except typer.Exit:
-        raise
-    except Exception as error:
-        logger.exception("%s failed", what)
-        typer.echo(f"error: {what} failed: {error} (re-run to resume)", err=True)
-        raise typer.Exit(EXIT_FAILED) from error
 
 
 Shelves = Annotated[list[str] | None, typer.Option("--shelf", help="Only this shelf (repeatable).")]
@@ -123,7 +78,12 @@ def main(
         str | None,
         typer.Option(help="sqlite or redis (env HOMEREC_ONLINE_STORE; default sqlite)."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Debug logging, library messages and error tracebacks."
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -131,13 +91,8 @@ def main(
         ),
     ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per in-process request
-    overrides = {"data_dir": data_dir, "online_store": online_store}
+    configure_output(verbose)
+    overrides: dict[str, Any] = {"data_dir": data_dir, "online_store": online_store}
     ctx.obj = Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
@@ -149,7 +104,8 @@ def world_generate(
     seed: Seed = DEFAULT_SEED,
 ) -> None:
     """Generate a synthetic listening world into DATA_DIR/world."""
-    from training.world import WorldConfig, generate_world
+    from training.world.behaviour import WorldConfig
+    from training.world.generator import generate_world
 
     config = WorldConfig(listeners=listeners, days=days, seed=seed)
     meta = generate_world(config, _settings(ctx).world_dir)
@@ -164,7 +120,7 @@ def world_import(
     listeners: Annotated[Path | None, typer.Option(help="Listener attributes (optional).")] = None,
 ) -> None:
     """Import a real listening log into DATA_DIR/world (validated before anything is written)."""
-    from training.world_import import import_world
+    from training.world.importer import import_world
 
     meta = import_world(events, _settings(ctx).world_dir, items=items, listeners=listeners)
     typer.echo(json.dumps(meta, indent=2, default=str))
@@ -173,7 +129,7 @@ def world_import(
 @features_app.command("build")
 def features_build(ctx: typer.Context) -> None:
     """Compute the daily snapshot tables (Feast offline sources) from the world."""
-    from training.features import build_features
+    from training.features.tables import build_features
 
     settings = _settings(ctx)
     typer.echo(json.dumps(build_features(settings.world_dir, settings.features_dir), indent=2))
@@ -182,7 +138,7 @@ def features_build(ctx: typer.Context) -> None:
 @features_app.command("apply")
 def features_apply(ctx: typer.Context) -> None:
     """Register feature_repo/ declarations (feast apply) in DATA_DIR/feast."""
-    from training.feature_store import apply_definitions
+    from training.features.store import apply_definitions
 
     apply_definitions(_settings(ctx))
 
@@ -198,7 +154,7 @@ def features_materialize(
     ] = False,
 ) -> None:
     """Load the online store up to the end of the world (incremental after the first run)."""
-    from training.feature_store import materialize
+    from training.features.store import materialize
 
     end = materialize(_settings(ctx), incremental=not full)
     typer.echo(f"materialized up to {end.isoformat()}")
@@ -212,7 +168,7 @@ def features_sample(
     ] = None,
 ) -> None:
     """Print online features of a listener and of a few of their items."""
-    from training.pipeline import online_sample
+    from training.features.pipeline import online_sample
 
     typer.echo(json.dumps(online_sample(_settings(ctx), listener), indent=2, default=str))
 
@@ -224,14 +180,13 @@ def train(
 ) -> None:
     """Build each shelf's training set from Feast, fit its XGBoost ranker and register it
     as the shelf's candidate (`homerec gate` pushes it to production if it passes)."""
-    from training.train import train_all
+    from training.jobs.train import train_all
 
-    with _user_error_exit():
-        trained_shelves = train_all(_settings(ctx), shelf)
+    trained_shelves = train_all(_settings(ctx), shelf)
     for trained in trained_shelves:
         seconds = {name: round(value, 1) for name, value in trained.seconds.items()}
         typer.echo(
-            f"{trained.shelf}: {trained.model_dir} sha256={trained.sha256[:12]} "
+            f"{trained.shelf}: {trained.version_dir} sha256={trained.sha256[:12]} "
             f"candidate v{trained.version} {seconds}"
         )
 
@@ -273,25 +228,31 @@ def demo(
 ) -> None:
     """The main job end to end: world, features, Feast, training, evaluation, gate, then
     sample traffic with every request's features logged and a drift check against it."""
+    from evaluation.gate import describe, gate_candidates
     from evaluation.report import evaluate_and_save, format_table
-    from training.gate import describe, gate_candidates
-    from training.pipeline import StepTimer, online_sample, prepare_features
-    from training.train import check_windows_fit, train_all
-    from training.world import WorldConfig, generate_world
+    from training.features.pipeline import (
+        StepTimer,
+        describe_sample,
+        online_sample,
+        prepare_features,
+    )
+    from training.jobs.train import train_all
+    from training.training_sets import check_windows_fit
+    from training.world.behaviour import WorldConfig
+    from training.world.generator import generate_world
 
     settings = _settings(ctx)
     timer = StepTimer()
     config = WorldConfig(listeners=listeners, days=days, seed=seed)
-    with _user_error_exit():  # before anything is generated
-        check_windows_fit(settings, config.start, days)
+    check_windows_fit(settings, config.start, days)  # before anything is generated
     timer.run("world generate", generate_world, config, settings.world_dir)
     prepare_features(settings, timer)
     sample = timer.run("online sample", online_sample, settings)
-    typer.echo("online features of a listener and their items (get_online_features):")
-    typer.echo(json.dumps(sample, indent=2, default=str))
+    typer.echo("online features (get_online_features) of the most active listener:")
+    typer.echo("  " + describe_sample(sample))
     for trained in timer.run("train", train_all, settings):
         seconds = {name: round(value, 1) for name, value in trained.seconds.items()}
-        typer.echo(f"trained {trained.shelf} in {seconds} -> {trained.model_dir}")
+        typer.echo(f"trained {trained.shelf} in {seconds} -> {trained.version_dir}")
     report = timer.run("evaluate", evaluate_and_save, settings)
     typer.echo("NDCG@10 on the held-out test window:")
     typer.echo(format_table(report))
@@ -300,7 +261,9 @@ def demo(
         typer.echo(describe(outcome))
     if traffic:
         _demo_traffic_and_drift(settings, timer, traffic)
-    typer.echo("step times (s): " + json.dumps({k: round(v, 1) for k, v in timer.seconds.items()}))
+    steps = ", ".join(f"{name} {seconds:.0f}" for name, seconds in timer.seconds.items())
+    typer.echo(f"step times (s): {steps}; total {sum(timer.seconds.values()):.0f}")
+    typer.echo(NEXT_STEPS.format(data_dir=settings.data_dir))
 
 
 def _demo_traffic_and_drift(settings: Settings, timer, pages: int) -> None:
@@ -308,10 +271,10 @@ def _demo_traffic_and_drift(settings: Settings, timer, pages: int) -> None:
     with each production model's training profile, as ``homerec drift`` does."""
     import pandas as pd
 
-    from evaluation.drift_cli import DEFAULT_WINDOW, summary_lines
     from evaluation.drift_job import load_drift_config, run_drift, write_latest
     from serving.sample_traffic import serve_sample
-    from training.shelves import load_shelves
+    from training.cli.drift import DEFAULT_WINDOW, summary_lines
+    from training.core.shelves import load_shelves
 
     served = timer.run("sample traffic", serve_sample, settings, pages)
     degraded = dict(served.degraded_shelves) or "none"
@@ -330,14 +293,14 @@ def gate(ctx: typer.Context, shelf: Shelves = None) -> None:
     """Evaluation gate: each shelf's candidate vs floor, production and heuristic on its
     test window, plus a fresh-process load-and-score check; push those that pass.
     Exit 0 all passed (or no candidate), 1 a candidate refused."""
-    from training.gate import describe, gate_candidates
+    from evaluation.gate import describe, gate_candidates
 
-    with _exit_codes("gate"):
+    with failed_steps("gate"):
         outcomes = gate_candidates(_settings(ctx), shelf)
     for outcome in outcomes:
         typer.echo(describe(outcome))
     if any(outcome.passed is False for outcome in outcomes):
-        raise typer.Exit(EXIT_REFUSED)
+        raise typer.Exit(ExitCode.REFUSED)
 
 
 @app.command()
@@ -354,11 +317,11 @@ def retrain(
     Resumable: finished steps of the same as-of are skipped. Exit 0: pushed, already
     production or nothing to do; 1: a gate refused a version; 2: bad input; 3: a step
     failed (re-run to resume)."""
-    from training.retrain import parse_as_of
-    from training.retrain import retrain as run_retrain
+    from training.jobs.retrain import parse_as_of
+    from training.jobs.retrain import retrain as run_retrain
 
     settings = _settings(ctx)
-    with _exit_codes("retrain"):
+    with failed_steps("retrain"):
         result = run_retrain(settings, parse_as_of(as_of), shelf, force)
     ran = [name for name in result.seconds if name not in result.skipped]
     typer.echo(f"run {result.run_id}: {len(ran)} steps ran, {len(result.skipped)} skipped")
@@ -373,7 +336,7 @@ def retrain(
 def sweep(
     ctx: typer.Context,
     grid: Annotated[
-        Path | None, typer.Option(help="Sweep file (default: built-in training/sweep.yaml).")
+        Path | None, typer.Option(help="Sweep file (default: built-in training/jobs/sweep.yaml).")
     ] = None,
     shelf: Shelves = None,
     as_of: AsOf = None,
@@ -381,11 +344,11 @@ def sweep(
 ) -> None:
     """Hyperparameter grid per shelf: valid NDCG@k of each point; the best is registered
     as the shelf's candidate (`homerec gate` decides whether it ships)."""
-    from training.retrain import parse_as_of
-    from training.sweep import format_trials
-    from training.sweep import sweep as run_sweep
+    from training.jobs.retrain import parse_as_of
+    from training.jobs.sweep import format_trials
+    from training.jobs.sweep import sweep as run_sweep
 
-    with _exit_codes("sweep"):
+    with failed_steps("sweep"):
         result = run_sweep(_settings(ctx), grid, shelf, parse_as_of(as_of))
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else format_trials(result))
 
@@ -410,11 +373,11 @@ def pipeline_compile(
         import kfp  # noqa: F401
     except ImportError as error:
         typer.echo("error: kfp is not installed: pip install -e '.[kfp]'", err=True)
-        raise typer.Exit(EXIT_USER_ERROR) from error
-    with _exit_codes("pipeline compile"):
-        from training.kfp_pipeline import compile_pipeline
-        from training.retrain import shelf_names
-        from training.sweep import load_grid
+        raise typer.Exit(ExitCode.USER_ERROR) from error
+    with failed_steps("pipeline compile"):
+        from training.jobs.kfp_pipeline import compile_pipeline
+        from training.jobs.retrain import shelf_names
+        from training.jobs.sweep import load_grid
 
         grid = load_grid(sweep_grid) if sweep_grid is not None else None
         names = shelf_names(_settings(ctx), shelf)
@@ -423,17 +386,10 @@ def pipeline_compile(
 
 
 def run() -> None:
-    """Console entry point: errors a user can fix print one line and exit with status 2.
-    Nothing heavy is imported before a command runs (``homerec --help`` stays fast)."""
+    """Console entry point. Errors are reported by :mod:`training.cli.errors` (a user
+    mistake: one line, exit 2). Nothing heavy is imported before a command runs
+    (``homerec --help`` stays fast)."""
     # XGBoost's OpenMP threads otherwise spin while waiting; on a busy 2-core machine that
     # makes training many times slower for identical models.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        app()
-    except Exception as error:
-        from training.feature_store import ForeignRegistryError
-
-        if not isinstance(error, (*_user_errors(), ForeignRegistryError)):
-            raise
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    app()

@@ -6,9 +6,11 @@ the online store chosen by ``Settings.online_store``.
 """
 
 import contextlib
+import io
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ from feast.feature_view import FeatureViewState
 from feast.repo_config import RepoConfig
 from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
-from training.schema import WorldPaths, read_world_meta
-from training.settings import Settings
+from training.core.errors import UserError
+from training.core.layout import WorldPaths, read_world_meta
+from training.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ def _declarations_environment(settings: Settings):
             os.environ[DATA_DIR_ENV] = previous
 
 
-class ForeignRegistryError(ValueError):
+class ForeignRegistryError(UserError, ValueError):
     """The Feast registry was copied from another data directory."""
 
 
@@ -123,8 +126,21 @@ def _foreign_online_stores(store: FeatureStore, settings: Settings) -> list[str]
         objects = store.registry.get_infra(store.project).infra_objects
     except Exception:  # no registry yet, or no infrastructure recorded: nothing to protect
         return []
-    paths = {(repo / obj.path).resolve() for obj in objects if getattr(obj, "path", None)}
+    declared = (getattr(obj, "path", None) for obj in objects)
+    paths = {(repo / path).resolve() for path in declared if path}
     return sorted(str(path) for path in paths if path != own)
+
+
+@contextlib.contextmanager
+def _feast_prints_to_debug_log() -> Iterator[None]:
+    """Feast's apply and materialize print a line per object to stdout; keep them out of
+    the command's output (which may be JSON) and in the debug log instead."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        logger.debug("feast: %s", printed.getvalue().strip())
 
 
 def apply_definitions(settings: Settings) -> FeatureStore:
@@ -141,7 +157,7 @@ def apply_definitions(settings: Settings) -> FeatureStore:
             f"store's tables. Copy a data directory without its feast/ folder, then run "
             "`homerec features apply` and `homerec features materialize`."
         )
-    with _declarations_environment(settings) as repo:
+    with _declarations_environment(settings) as repo, _feast_prints_to_debug_log():
         contents = parse_repo(repo)
         apply_total_with_repo_instance(
             store, store.project, store.registry, contents, skip_source_validation=False
@@ -174,10 +190,11 @@ def materialize(
     start, world_end = world_window(settings)
     end = end or world_end
     views = store.list_feature_views()
-    if incremental and all(view.most_recent_end_time is not None for view in views):
-        store.materialize_incremental(end_date=end)
-    else:
-        store.materialize(start_date=start, end_date=end)
+    with _feast_prints_to_debug_log():
+        if incremental and all(view.most_recent_end_time is not None for view in views):
+            store.materialize_incremental(end_date=end)
+        else:
+            store.materialize(start_date=start, end_date=end)
     logger.info("materialized %d feature views up to %s", len(views), end.isoformat())
     return end
 
@@ -186,7 +203,7 @@ SERVABLE_STATES = frozenset({FeatureViewState.STATE_UNSPECIFIED, FeatureViewStat
 """Feature view states Feast serves online features from."""
 
 
-class UnservableViewsError(RuntimeError):
+class UnservableViewsError(UserError, RuntimeError):
     """Feature views Feast refuses to serve from, e.g. left ``MATERIALIZING`` by an
     interrupted materialize; the message names them and the fix."""
 

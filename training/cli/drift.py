@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from training.settings import Settings
+from training.core.errors import ExitCode
+from training.core.settings import Settings
 
 if TYPE_CHECKING:  # the drift job (Feast, SciPy, pandas) loads when the command runs
     from evaluation.drift import DriftReport
@@ -29,14 +30,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = timedelta(days=1)
 """The window checked when ``--since`` is not given: the day before ``--until``."""
-USER_ERROR = 2
-BREACH = 1
-
-
-def _fail(message: str) -> typer.Exit:
-    """Print ``message`` as one error line and return the exit for a user error."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(USER_ERROR)
 
 
 def _rate(value: float | None) -> str:
@@ -114,7 +107,7 @@ def summary_lines(run: DriftRun) -> list[str]:
 def _shelves(settings: Settings, shelf: str | None) -> list[str]:
     """The shelves to check: ``shelf``, else every shelf of the shelves file."""
     from evaluation.drift_job import DriftJobError
-    from training.shelves import load_shelves
+    from training.core.shelves import load_shelves
 
     names = [s.name for s in load_shelves(settings.shelves_file)]
     if shelf is not None and shelf not in names:
@@ -160,22 +153,19 @@ def drift_command(
     from evaluation.drift_job import (
         check_window,
         load_drift_config,
-        parse_instant,
         run_drift,
         write_latest,
     )
+    from training.core.instants import parse_instant
 
     settings: Settings = ctx.obj if ctx.obj is not None else Settings()
-    try:
-        thresholds = load_drift_config(config)
-        end = parse_instant(until, "--until") if until else pd.Timestamp(datetime.now(UTC))
-        start = parse_instant(since, "--since") if since else end - DEFAULT_WINDOW
-        check_window(start, end)
-        if webhook is not None:
-            webhook_target(webhook)
-        shelves = _shelves(settings, shelf)
-    except (ValueError, OSError) as err:  # DriftJobError, ShelfConfigError, no shelves file
-        raise _fail(str(err)) from err
+    thresholds = load_drift_config(config)
+    end = pd.Timestamp(parse_instant(until, "--until") if until else datetime.now(UTC))
+    start = pd.Timestamp(parse_instant(since, "--since")) if since else end - DEFAULT_WINDOW
+    check_window(start, end)
+    if webhook is not None:
+        webhook_target(webhook)
+    shelves = _shelves(settings, shelf)
     run = run_drift(settings, shelves, start, end, thresholds, compare_training)
     path = write_latest(settings, run)
     document = run.to_dict()
@@ -190,6 +180,6 @@ def drift_command(
                 post_webhook(webhook, document)
             except WebhookError as err:
                 typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(BREACH)
+        raise typer.Exit(ExitCode.REFUSED)
     if run.errors:
-        raise typer.Exit(USER_ERROR)
+        raise typer.Exit(ExitCode.USER_ERROR)

@@ -1,6 +1,6 @@
 """Continuous retraining: world window -> features -> training sets -> train -> evaluate ->
 gate -> push, as named steps that a scheduler (cron, ``homerec retrain``) or a Kubeflow
-pipeline (:mod:`training.kfp_pipeline`, one task per step) runs through :func:`run_step`.
+pipeline (:mod:`training.jobs.kfp_pipeline`, one task per step) runs through :func:`run_step`.
 
 **Runs.** A run is identified by its window end, the *as-of* instant (``--as-of DATE``, or
 the world's end): ``<data_dir>/runs/as-of-<YYYYMMDDTHHMMSSZ>/``. Each finished step writes
@@ -39,27 +39,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from training.feature_store import open_store, world_window
-from training.gate import evaluate_on_window, evaluation_frame, gate_evaluated, push
-from training.pipeline import prepare_features
-from training.registry import PRODUCTION, ModelRegistry
-from training.schema import WorldPaths, atomic_write_text
-from training.settings import Settings
-from training.shelves import Shelf
-from training.train import (
-    build_shelf_training_set,
-    find_version,
-    fit_ranker,
-    mark_candidate,
-    ranker_params,
-    register_candidate,
-    select_shelves,
-    shelf_split,
-    training_metadata,
-)
-from training.training_sets import load_training_set
+from evaluation.gate import evaluate_on_window, evaluation_frame, gate_evaluated, push
+from training.core.atomic_io import atomic_write_text
+from training.core.errors import UserError
+from training.core.instants import parse_instant
+from training.core.layout import WorldPaths
+from training.core.settings import Settings
+from training.core.shelves import Shelf, select_shelves
+from training.features.pipeline import prepare_features
+from training.features.store import open_store, world_window
+from training.jobs.train import find_version, mark_candidate, register_candidate, training_metadata
+from training.models.fitting import fit_ranker, ranker_params
+from training.models.registry import PRODUCTION, ModelRegistry
+from training.training_sets import build_shelf_training_set, load_training_set, shelf_split
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +62,7 @@ SHELF_STEPS = ("training_set", "train", "evaluate", "gate", "push")
 FEATURES_MARKER = "features.json"
 
 
-class RetrainError(ValueError):
+class RetrainError(UserError, ValueError):
     """A retrain request that cannot run as given (bad as-of date, unknown step or shelf,
     window too short, a step run before the one it needs); the message says which."""
 
@@ -120,15 +112,8 @@ class Run:
 
 
 def parse_as_of(text: str | None) -> datetime | None:
-    """A date or ISO timestamp (no offset: UTC) as an aware datetime; None for None/''."""
-    if not text:
-        return None
-    try:
-        stamp = pd.Timestamp(text)
-    except ValueError as error:
-        raise RetrainError(f"--as-of {text!r} is not a date (YYYY-MM-DD) or timestamp") from error
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.to_pydatetime()
+    """``--as-of`` (ISO 8601 only, no offset: UTC) as an aware datetime; None for None/''."""
+    return parse_instant(text, "--as-of") if text else None
 
 
 def open_run(settings: Settings, as_of: datetime | None = None) -> Run:

@@ -1,25 +1,26 @@
 """``homerec models``: list, show, promote and roll back registered shelf rankers.
 
-Thin commands over :class:`training.registry.ModelRegistry`. The registry root comes from
+Thin commands over :class:`training.models.registry.ModelRegistry`. The registry root comes from
 the ``Settings`` the main app stores in ``ctx.obj`` (``Settings.model_registry_dir``).
 Errors a user can fix (unknown shelf or version, unset alias, nothing to roll back to, a
-model failing its integrity check) print one line on stderr and exit with status 2.
+model failing its integrity check) are registry errors: the command line prints them as
+one line and exits 2 (:mod:`training.cli.errors`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from training.constants import ALIASES, PRODUCTION
-from training.settings import Settings
+from training.core.constants import ALIASES, PRODUCTION
+from training.core.errors import UserError
+from training.core.settings import Settings
 
 if TYPE_CHECKING:  # the registry (and XGBoost) load when a command runs, not for --help
-    from training.registry import ModelRegistry, ModelVersion
+    from training.models.registry import ModelRegistry, ModelVersion
 
 models_app = typer.Typer(
     help="The model registry: versions, aliases, promotion and rollback.", no_args_is_help=True
@@ -33,22 +34,10 @@ _COLUMNS = ("shelf", "version", "sha256", "registered_at", "ndcg", "aliases", "g
 
 def _registry(ctx: typer.Context) -> ModelRegistry:
     """The registry of the command's settings (``ctx.obj``; ``Settings()`` when unset)."""
-    from training.registry import ModelRegistry
+    from training.models.registry import ModelRegistry
 
     settings = ctx.obj if ctx.obj is not None else Settings()
     return ModelRegistry(settings.model_registry_dir)
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn registry errors into one line on stderr and exit status 2."""
-    from training.registry import RegistryError
-
-    try:
-        yield
-    except RegistryError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
 
 
 def _ndcg(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
@@ -135,26 +124,25 @@ def list_models(
     as_json: AsJson = False,
 ) -> None:
     """Registered versions of every shelf (or one): checksum, NDCG, aliases, gate."""
-    from training.registry import RegistryError
+    from training.models.registry import RegistryError
 
     registry = _registry(ctx)
     records: list[dict[str, Any]] = []
     rows: list[dict[str, str]] = []
-    with _user_errors():
-        shelves = [shelf] if shelf is not None else registry.shelves()
-        for name in shelves:
-            registry.aliases(name)  # unknown shelf or corrupt aliases.json: exit 2
-            for number in registry.version_numbers(name):
-                try:
-                    record = registry.get(name, number)
-                except RegistryError as err:
-                    typer.echo(f"warning: {err}", err=True)
-                    records.append({"shelf": name, "version": number, "error": str(err)})
-                    corrupt = {"shelf": name, "version": str(number), "gate": "corrupt"}
-                    rows.append(dict.fromkeys(_COLUMNS, "-") | corrupt)
-                    continue
-                records.append(record.to_dict())
-                rows.append(_row(record))
+    shelves = [shelf] if shelf is not None else registry.shelves()
+    for name in shelves:
+        registry.aliases(name)  # unknown shelf or corrupt aliases.json: exit 2
+        for number in registry.version_numbers(name):
+            try:
+                record = registry.get(name, number)
+            except RegistryError as err:
+                typer.echo(f"warning: {err}", err=True)
+                records.append({"shelf": name, "version": number, "error": str(err)})
+                corrupt = {"shelf": name, "version": str(number), "gate": "corrupt"}
+                rows.append(dict.fromkeys(_COLUMNS, "-") | corrupt)
+                continue
+            records.append(record.to_dict())
+            rows.append(_row(record))
     if as_json:
         typer.echo(json.dumps(records, indent=2, default=str))
     elif rows:
@@ -177,9 +165,8 @@ def show(
 ) -> None:
     """The full record of one version (default: production), with the gate's reasons."""
     registry = _registry(ctx)
-    with _user_errors():
-        version = registry.resolve(shelf, ref)
-        record = registry.verify(shelf, version)[2] if verify else registry.get(shelf, version)
+    version = registry.resolve(shelf, ref)
+    record = registry.verify(shelf, version)[2] if verify else registry.get(shelf, version)
     if as_json:
         typer.echo(json.dumps(record.to_dict() | {"verified": verify}, indent=2, default=str))
         return
@@ -211,14 +198,12 @@ def promote(
     """Make a blessed version (default: the candidate) production, after verifying it."""
     registry = _registry(ctx)
     if force and not (reason or "").strip():
-        typer.echo("error: --force needs --reason TEXT (recorded as the override)", err=True)
-        raise typer.Exit(2)
-    with _user_errors():
-        before = registry.aliases(shelf)[PRODUCTION]
-        promoted = registry.promote(
-            shelf, version, reason=reason or "manual promote (homerec models promote)", force=force
-        )
-        record = registry.get(shelf, promoted)
+        raise UserError("--force needs --reason TEXT (recorded as the override)")
+    before = registry.aliases(shelf)[PRODUCTION]
+    promoted = registry.promote(
+        shelf, version, reason=reason or "manual promote (homerec models promote)", force=force
+    )
+    record = registry.get(shelf, promoted)
     forced = "" if record.blessed else f" (override: gate {record.gate}, not blessed)"
     typer.echo(f"{shelf}: production {before if before is not None else '-'} -> {promoted}{forced}")
 
@@ -231,7 +216,6 @@ def rollback(
 ) -> None:
     """Restore the previous production version of a shelf."""
     registry = _registry(ctx)
-    with _user_errors():
-        before = registry.aliases(shelf)[PRODUCTION]
-        restored = registry.rollback(shelf, reason=reason)
+    before = registry.aliases(shelf)[PRODUCTION]
+    restored = registry.rollback(shelf, reason=reason)
     typer.echo(f"{shelf}: production {before if before is not None else '-'} -> {restored}")

@@ -26,7 +26,7 @@ override appended to the version's ``overrides.log`` and to ``events.log``. Anyt
 is refused with :class:`RegistryRefusedError`; serving checks the same rule on load.
 
 Integrity: an alias only moves to a version that loads through
-:func:`training.rankers.load_ranker` (checksum and feature contract verified) and whose
+:func:`training.models.rankers.load_ranker` (checksum and feature contract verified) and whose
 checksum equals the one recorded at registration; :meth:`ModelRegistry.load` applies the
 same checks, so a tampered model is never loaded.
 """
@@ -48,15 +48,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from training.constants import ALIASES, CANDIDATE, PRODUCTION
-from training.rankers import (
+from training.core.atomic_io import atomic_write_bytes, fsync_directory
+from training.core.constants import ALIASES, CANDIDATE, PRODUCTION
+from training.core.errors import UserError
+from training.models.rankers import (
     CONTRACT_FILE,
     ModelIntegrityError,
     ShelfRanker,
     load_ranker,
     save_ranker,
 )
-from training.schema import atomic_write_bytes, fsync_directory
 
 try:  # POSIX: alias updates are serialized across processes with flock.
     import fcntl
@@ -93,7 +94,13 @@ _MAX_REGISTER_ATTEMPTS = 1000
 _THREAD_LOCK = threading.Lock()
 
 
-class RegistryError(ValueError):
+_ALIAS_HINTS = {
+    CANDIDATE: "`homerec train` registers one",
+    PRODUCTION: "`homerec gate` pushes a candidate that passes",
+}
+
+
+class RegistryError(UserError, ValueError):
     """The registry cannot do what was asked: an invalid name, a corrupt registry file,
     or a refused write. The message names the shelf, version or file concerned."""
 
@@ -317,7 +324,8 @@ class ModelRegistry:
         if not (directory / VERSIONS_DIR).is_dir():
             known = ", ".join(self.shelves()) or "none"
             raise RegistryLookupError(
-                f"shelf {shelf!r} has no registered model in {self.root} (shelves: {known})"
+                f"shelf {shelf!r} has no registered model in {self.root} (shelves: {known}): "
+                "train one with `homerec train`"
             )
         return directory
 
@@ -537,7 +545,7 @@ class ModelRegistry:
                 f"{path}: a profile is already recorded for {shelf} version {version}; "
                 "profiles are written once"
             ) from err
-        logger.info("%s: version %d reference profile recorded", shelf, version)
+        logger.debug("%s: version %d reference profile recorded", shelf, version)
         return path
 
     # ----------------------------------------------------------------- integrity
@@ -582,7 +590,7 @@ class ModelRegistry:
         the alias is unset or the version missing, RegistryIntegrityError when corrupt."""
         version = self.resolve(shelf, alias_or_version)
         ranker, metadata, record = self.verify(shelf, version)
-        logger.info("%s: loaded version %d (%s)", shelf, version, alias_or_version)
+        logger.debug("%s: loaded version %d (%s)", shelf, version, alias_or_version)
         return ranker, metadata, record
 
     def resolve(self, shelf: str, alias_or_version: str | int) -> int:
@@ -590,14 +598,16 @@ class ModelRegistry:
         ref = alias_or_version
         if isinstance(ref, str) and ref.isdigit():
             ref = int(ref)
-        if isinstance(ref, int) and not isinstance(ref, bool):
+        if isinstance(ref, int):
             self._require_version(shelf, ref)
             return ref
         _check_alias(ref)
         self._require_shelf(shelf)
         version = self.alias(shelf, ref)
         if version is None:
-            raise RegistryLookupError(f"shelf {shelf!r} has no {ref} version (alias unset)")
+            raise RegistryLookupError(
+                f"shelf {shelf!r} has no {ref} version (alias unset): {_ALIAS_HINTS[ref]}"
+            )
         return version
 
     # ----------------------------------------------------------------- aliases

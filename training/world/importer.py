@@ -2,7 +2,7 @@
 
 ``import_world`` reads a listening log (and, optionally, an items file and a listeners
 file), validates every row, fills what is missing with the documented defaults below, and
-writes a world directory with exactly the tables of :mod:`training.schema`
+writes a world directory with exactly the tables of :mod:`training.core.layout`
 (``listeners.parquet``, ``items.parquet``, ``events.parquet``, ``world.json``) and no
 ``truth/`` (an imported world has no oracle). Downstream stages cannot tell it from a
 generated world.
@@ -107,13 +107,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from training.schema import (
-    CONTENT_TYPES,
-    WorldPaths,
-    coerce_table,
-    replacing_dir,
-    write_world_meta,
-)
+from training.core.atomic_io import replacing_dir
+from training.core.constants import CONTENT_TYPES
+from training.core.errors import UserError
+from training.core.layout import WorldPaths, coerce_table, write_world_meta
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +149,7 @@ _NS_PER_SECOND = 1_000_000_000
 _NS_PER_MILLI = 1_000_000
 
 
-class WorldImportError(ValueError):
+class WorldImportError(UserError, ValueError):
     """An input file cannot be imported; the message names the file (and row and column)."""
 
 
@@ -545,6 +542,7 @@ def _duplicates(source: _Source, ids: pd.Series, column: str) -> None:
     if position is not None:
         value = ids.iloc[position]
         first = _first(ids.eq(value))
+        assert first is not None  # value was read from ids
         raise source.error(
             f"duplicate {column} {_show(value)} (first seen on row {first + 1})",
             column,

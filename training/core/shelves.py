@@ -6,7 +6,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.schema import CONTENT_TYPES
+from training.core.constants import CONTENT_TYPES
+from training.core.errors import UserError
+from training.core.settings import Settings
 
 DEFAULT_SHELVES_FILE = Path(__file__).with_name("shelves.yaml")
 
@@ -113,11 +115,11 @@ class ShelvesFile(_Strict):
         return self
 
 
-class ShelfConfigError(ValueError):
+class ShelfConfigError(UserError, ValueError):
     """A shelves file that cannot be used; the message names the file and the field."""
 
 
-class UnknownShelfError(ValueError):
+class UnknownShelfError(UserError, ValueError):
     """A command named a shelf the shelves file does not declare; the message lists them."""
 
 
@@ -138,3 +140,13 @@ def shelf_by_name(shelves: list[Shelf], name: str) -> Shelf:
         if shelf.name == name:
             return shelf
     raise ShelfConfigError(f"no shelf named {name!r}; shelves: {[s.name for s in shelves]}")
+
+
+def select_shelves(settings: Settings, only: list[str] | None = None) -> list[Shelf]:
+    """The shelves of the shelves file (those named in ``only``), in page order;
+    UnknownShelfError naming any unknown shelf."""
+    shelves = load_shelves(settings.shelves_file)
+    unknown = sorted(set(only or []) - {shelf.name for shelf in shelves})
+    if unknown:
+        raise UnknownShelfError(f"unknown shelves {unknown}; shelves: {[s.name for s in shelves]}")
+    return [shelf for shelf in shelves if not only or shelf.name in only]

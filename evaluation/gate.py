@@ -9,7 +9,7 @@ passes when all four checks pass:
     same window* minus ``tolerance`` (passes when there is no production version, or when
     production cannot score the window: a model that cannot be evaluated protects nothing);
 (c) **vs heuristic** — it beats the shelf's heuristic by at least ``min_lift``;
-(d) **infra** — in a fresh process (``python -m training.gate validate``) it loads with
+(d) **infra** — in a fresh process (``python -m evaluation.gate validate``) it loads with
     every integrity check, its feature contract equals what serving builds (the shelf's
     FeatureService, then the candidate signals, *in that order*), and it scores requests
     built from the online store (stage 1 + model features, as serving reads them) with
@@ -40,14 +40,16 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
+from evaluation.metrics import mean_ndcg
 from training.candidates import audience_rows, generate_candidates, read_candidate_inputs
-from training.feature_store import OnlineReader, open_store
-from training.rankers import ModelIntegrityError, load_ranker
-from training.registry import CANDIDATE, PRODUCTION, ModelRegistry, RegistryError
-from training.schema import WorldPaths
-from training.settings import Settings
-from training.shelves import Shelf, shelf_by_name
-from training.train import baseline_ranker, mean_ndcg, select_shelves, training_set_dir
+from training.core.errors import UserError
+from training.core.layout import WorldPaths, trained_on
+from training.core.settings import Settings
+from training.core.shelves import Shelf, select_shelves, shelf_by_name
+from training.features.store import OnlineReader, open_store
+from training.models.fitting import baseline_ranker
+from training.models.rankers import ModelIntegrityError, load_ranker
+from training.models.registry import CANDIDATE, PRODUCTION, ModelRegistry, RegistryError
 from training.training_sets import load_training_set, model_feature_names
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ PROBE_NEW_LISTENERS = 2
 """... and the newest sign-ups (in the audience of new-listener shelves)."""
 
 
-class GateConfigError(ValueError):
+class GateConfigError(UserError, ValueError):
     """Gate thresholds that cannot be used; the message names the shelf and the key."""
 
 
@@ -236,7 +238,7 @@ def _child_settings(settings: Settings) -> str:
 def infra_validate(settings: Settings, targets: Sequence[tuple[str, Path]]) -> dict[str, Any]:
     """Validate each ``(shelf, model directory)`` in one fresh Python process; results
     keyed by directory (as a string). A crashed or timed-out process fails every target."""
-    command = [sys.executable, "-m", "training.gate", "validate"]
+    command = [sys.executable, "-m", "evaluation.gate", "validate"]
     command += ["--settings", _child_settings(settings)]
     for shelf, directory in targets:
         command += ["--target", f"{shelf}={directory}"]
@@ -433,7 +435,7 @@ def gate_candidates(settings: Settings, only: list[str] | None = None) -> list[G
             outcomes[shelf.name] = GateOutcome(shelf.name, None, None, False, None)
             continue
         metadata = registry.get(shelf.name, version).metadata
-        directory = Path(metadata.get("training_set") or training_set_dir(settings, shelf.name))
+        directory = trained_on(settings, shelf.name, metadata)
         requests.append(GateRequest(shelf, version, evaluation_frame(directory, shelf)))
     decisions = gate_versions(settings, registry, requests, run="gate")
     for request, decision in zip(requests, decisions, strict=True):
@@ -471,9 +473,9 @@ def _parse_target(text: str) -> tuple[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.gate validate --settings JSON --target SHELF=DIR ...``: print
+    """``python -m evaluation.gate validate --settings JSON --target SHELF=DIR ...``: print
     one JSON object ``{dir: result}``; exit 0 when every model validates, else 1."""
-    parser = argparse.ArgumentParser(prog="python -m training.gate")
+    parser = argparse.ArgumentParser(prog="python -m evaluation.gate")
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="load and score models in this process")
     validate.add_argument("--settings", required=True, help="Settings as JSON")

@@ -2,15 +2,17 @@
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from training.feature_store import apply_definitions, materialize, open_store
-from training.features import build_features
-from training.schema import WorldPaths
-from training.settings import Settings
+from training.core.errors import UserError
+from training.core.layout import WorldPaths
+from training.core.settings import Settings
+from training.features.store import apply_definitions, materialize, open_store
+from training.features.tables import build_features
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ class StepTimer:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def run(self, name: str, step, *args, **kwargs):
-        logger.info("step %s ...", name)
+        logger.debug("step %s ...", name)
         started = time.perf_counter()
         result = step(*args, **kwargs)
         self.seconds[name] = time.perf_counter() - started
@@ -40,15 +42,32 @@ def prepare_features(settings: Settings, timer: StepTimer | None = None) -> dict
     return rows
 
 
+class UnknownListenerError(UserError, LookupError):
+    """A listener id that is not in the world."""
+
+
+def check_listener(world: WorldPaths, listener_id: str) -> None:
+    """UnknownListenerError unless ``listener_id`` is a listener of the world."""
+    listeners = pd.read_parquet(world.listeners, columns=["listener_id"])["listener_id"]
+    if not listeners.eq(listener_id).any():
+        raise UnknownListenerError(
+            f"unknown listener {listener_id!r}: not one of the {len(listeners)} listeners in "
+            f"{world.listeners} (e.g. {listeners.iloc[0]!r}; omit --listener for the most active)"
+        )
+
+
 def online_sample(
     settings: Settings, listener_id: str | None = None, items: int = 3
 ) -> dict[str, Any]:
     """Online features of one listener (default: the most active) and of a few of their
     familiar items, read back through ``get_online_features`` — proof the store serves."""
     store = open_store(settings)
+    world = WorldPaths(settings.world_dir)
     if listener_id is None:
-        events = pd.read_parquet(WorldPaths(settings.world_dir).events, columns=["listener_id"])
+        events = pd.read_parquet(world.events, columns=["listener_id"])
         listener_id = str(events["listener_id"].value_counts().index[0])
+    else:
+        check_listener(world, listener_id)
     listener = store.get_online_features(
         features=[
             "listener_profile:market",
@@ -66,3 +85,27 @@ def online_sample(
         entity_rows=[{"item_id": item_id} for item_id in familiar],
     ).to_dict()
     return {"listener": listener, "items": item_rows}
+
+
+def describe_sample(sample: Mapping[str, Any]) -> str:
+    """:func:`online_sample` in two lines: the listener's features and their items'."""
+    listener = {name: values[0] for name, values in sample["listener"].items()}
+    items = sample["items"]
+    cards = ", ".join(
+        f"{item_id} ({kind}, {genre}, {reach} listeners in 7 days)"
+        for item_id, kind, genre, reach in zip(
+            items["item_id"],
+            items["content_type"],
+            items["genre"],
+            items["item_listeners_7d"],
+            strict=True,
+        )
+    )
+    genres = ", ".join(listener["top_genres_28d"] or []) or "-"
+    return (
+        f"listener {listener['listener_id']} ({listener['market']}): "
+        f"{listener['plays_28d_show']} show and {listener['plays_28d_playlist']} playlist plays "
+        f"in 28 days, last play {listener['days_since_last_play']} days ago, top genres {genres}; "
+        f"{len(listener['familiar_items'] or [])} familiar items\n"
+        f"  first familiar items: {cards or '-'}"
+    )

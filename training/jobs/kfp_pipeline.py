@@ -2,8 +2,9 @@
 ``kfp`` (``pip install -e ".[kfp]"``).
 
 Every task is a thin wrapper over the function the command line runs —
-:func:`training.retrain.run_step` for one retraining step, :func:`training.sweep.run_trial`
-and :func:`training.sweep.register_best` for the sweep — so there is one implementation.
+:func:`training.jobs.retrain.run_step` for one retraining step,
+:func:`training.jobs.sweep.run_trial` and :func:`training.jobs.sweep.register_best`
+for the sweep — so there is one implementation.
 Tasks pass the data directory as a string parameter: on one machine (``kfp.local``) it is
 a shared filesystem path; on a cluster it must be a volume mounted at that path in every
 task (e.g. a ReadWriteMany PVC, ``kfp-kubernetes``' ``mount_pvc``), with the Feast online
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.retrain import RUN_STEPS, SHELF_STEPS
+from training.jobs.retrain import RUN_STEPS, SHELF_STEPS
 
 DEFAULT_IMAGE = "homerec:latest"
 
@@ -35,8 +36,8 @@ def retrain_step(
     import logging
     import os
 
-    from training.retrain import run_step
-    from training.settings import Settings
+    from training.core.settings import Settings
+    from training.jobs.retrain import run_step
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -51,8 +52,8 @@ def sweep_trial(data_dir: str, as_of: str, shelf: str, params: dict, settings_js
     import logging
     import os
 
-    from training.settings import Settings
-    from training.sweep import run_trial
+    from training.core.settings import Settings
+    from training.jobs.sweep import run_trial
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -66,8 +67,8 @@ def sweep_best(data_dir: str, as_of: str, shelf: str, trials: list, settings_jso
     import logging
     import os
 
-    from training.settings import Settings
-    from training.sweep import register_best
+    from training.core.settings import Settings
+    from training.jobs.sweep import register_best
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -151,7 +152,7 @@ def compile_pipeline(
     atomically."""
     from kfp import compiler
 
-    from training.schema import atomic_write_text
+    from training.core.atomic_io import atomic_write_text
 
     pipeline = sweep_pipeline(grid, image) if grid is not None else retrain_pipeline(shelves, image)
     output.parent.mkdir(parents=True, exist_ok=True)

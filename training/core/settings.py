@@ -9,6 +9,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
+"""homerec's Feast repository: beside its packages, in a checkout and in a wheel alike."""
+
 
 class Settings(BaseSettings):
     """Where homerec keeps its data and which Feast online store it uses."""
@@ -20,14 +23,15 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     """Root of every generated file: world/, features/, feast/ (registry, SQLite store)."""
-    feature_repo: Path = Path("feature_repo")
-    """The Feast feature repository (declarations and feature_store*.yaml)."""
+    feature_repo: Path = DEFAULT_FEATURE_REPO
+    """The Feast feature repository (declarations and feature_store*.yaml); the default is
+    homerec's own, found from any working directory."""
     online_store: Literal["sqlite", "redis"] = "sqlite"
     """sqlite: embedded, no server. redis: Feast's Redis online store (production)."""
     redis_connection: str = "localhost:6379"
     """Feast Redis connection string (``host:port[,db=N][,password=...]``)."""
     shelves_file: Path | None = None
-    """The shelves declaration (default: the built-in training/shelves.yaml)."""
+    """The shelves declaration (default: the built-in training/core/shelves.yaml)."""
 
     warmup_days: int = 28
     """Days at the world's start no training snapshot uses: features look back 28 days, so

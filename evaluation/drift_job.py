@@ -29,7 +29,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from training.training_sets import TrainingSet, load_training_set
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
+    "DEFAULT_WINDOW",
     "DriftConfig",
     "DriftConfigError",
     "DriftJobError",
@@ -68,13 +69,16 @@ __all__ = [
     "run_drift",
     "save_reference_profile",
     "served_rows",
-    "training_set_dir",
+    "skipped_lines",
+    "summary_lines",
     "training_window_reports",
     "write_latest",
 ]
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_WINDOW = timedelta(days=1)
+"""The window checked when ``--since`` is not given: the day before ``--until``."""
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("drift.yaml")
 """The thresholds ``homerec drift`` uses without ``--config``."""
 TRAINING_PAIRS = (("train", "valid"), ("valid", "test"))
@@ -436,3 +440,39 @@ def write_latest(settings: Settings, run: DriftRun) -> Path:
     path = latest_report_path(settings)
     atomic_write_text(path, json.dumps(run.to_dict(), indent=1, allow_nan=False) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- text
+
+
+def skipped_lines(shelf: str, result: ShelfDrift) -> list[str]:
+    """One line per served-log file the check had to skip."""
+    return [
+        f"{shelf}: skipped unreadable served-log file {name} (torn or corrupt)"
+        for name in result.unreadable_files
+    ]
+
+
+def summary_lines(run: DriftRun) -> list[str]:
+    """One line per shelf: rows compared, the largest distance and any drifted features."""
+    lines = []
+    for shelf, result in run.shelves.items():
+        report = result.report
+        worst = max(report.features, key=lambda f: f.distance, default=None)
+        largest = "-"
+        if worst is not None:
+            largest = (
+                f"{worst.name} {worst.distance:.3f} (threshold {worst.threshold},"
+                f" noise floor {worst.noise_floor:.3f})"
+            )
+        drifted = ", ".join(report.drifted_features) or "none"
+        lines.append(
+            f"{shelf} v{result.model_version}: {report.current_rows} served rows vs"
+            f" {report.reference_rows} training rows; largest distance {largest};"
+            f" drifted: {drifted}"
+        )
+    lines += [
+        line for shelf, result in run.shelves.items() for line in skipped_lines(shelf, result)
+    ]
+    lines += [f"{shelf}: not checked: {message}" for shelf, message in run.errors.items()]
+    return lines

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,14 +22,11 @@ from training.core.settings import Settings
 
 if TYPE_CHECKING:  # the drift job (Feast, SciPy, pandas) loads when the command runs
     from evaluation.drift import DriftReport
-    from evaluation.drift_job import DriftRun, ShelfDrift
+    from evaluation.drift_job import DriftRun
 
-__all__ = ["DEFAULT_WINDOW", "drift_command", "format_run", "summary_lines"]
+__all__ = ["drift_command", "format_run"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_WINDOW = timedelta(days=1)
-"""The window checked when ``--since`` is not given: the day before ``--until``."""
 
 
 def _rate(value: float | None) -> str:
@@ -53,16 +50,10 @@ def _report_lines(title: str, report: DriftReport) -> list[str]:
     return lines
 
 
-def _skipped(shelf: str, result: ShelfDrift) -> list[str]:
-    """One line per served-log file the check had to skip."""
-    return [
-        f"{shelf}: skipped unreadable served-log file {name} (torn or corrupt)"
-        for name in result.unreadable_files
-    ]
-
-
 def format_run(run: DriftRun) -> str:
     """The text output: every shelf's distances, drifted features marked."""
+    from evaluation.drift_job import skipped_lines
+
     lines: list[str] = []
     for shelf, result in run.shelves.items():
         window = f"[{result.since.isoformat()}, {result.until.isoformat()})"
@@ -70,7 +61,7 @@ def format_run(run: DriftRun) -> str:
         lines += _report_lines(title, result.report)
         for pair, report in result.training.items():
             lines += _report_lines(f"{shelf} training windows {pair}", report)
-        lines += _skipped(shelf, result)
+        lines += skipped_lines(shelf, result)
         lines.append("")
     if run.breach:
         lines.append("drift: BREACH")
@@ -79,29 +70,6 @@ def format_run(run: DriftRun) -> str:
     if run.errors:
         lines.append(f"not checked: {', '.join(run.errors)} (see errors)")
     return "\n".join(lines)
-
-
-def summary_lines(run: DriftRun) -> list[str]:
-    """One line per shelf: rows compared, the largest distance and any drifted features."""
-    lines = []
-    for shelf, result in run.shelves.items():
-        report = result.report
-        worst = max(report.features, key=lambda f: f.distance, default=None)
-        largest = "-"
-        if worst is not None:
-            largest = (
-                f"{worst.name} {worst.distance:.3f} (threshold {worst.threshold},"
-                f" noise floor {worst.noise_floor:.3f})"
-            )
-        drifted = ", ".join(report.drifted_features) or "none"
-        lines.append(
-            f"{shelf} v{result.model_version}: {report.current_rows} served rows vs"
-            f" {report.reference_rows} training rows; largest distance {largest};"
-            f" drifted: {drifted}"
-        )
-    lines += [line for shelf, result in run.shelves.items() for line in _skipped(shelf, result)]
-    lines += [f"{shelf}: not checked: {message}" for shelf, message in run.errors.items()]
-    return lines
 
 
 def _shelves(settings: Settings, shelf: str | None) -> list[str]:
@@ -151,6 +119,7 @@ def drift_command(
 
     from evaluation.drift import WebhookError, post_webhook, webhook_target
     from evaluation.drift_job import (
+        DEFAULT_WINDOW,
         check_window,
         load_drift_config,
         run_drift,

@@ -13,7 +13,12 @@ from training.cli.drift import drift_command
 from training.cli.errors import ReportingGroup, failed_steps
 from training.cli.models import models_app
 from training.cli.output import configure_output
-from training.core.constants import DEFAULT_DAYS, DEFAULT_LISTENERS, DEFAULT_SEED
+from training.core.constants import (
+    DEFAULT_DAYS,
+    DEFAULT_DEMO_TRAFFIC,
+    DEFAULT_LISTENERS,
+    DEFAULT_SEED,
+)
 from training.core.errors import ExitCode
 from training.core.settings import Settings
 
@@ -39,16 +44,6 @@ logger = logging.getLogger(__name__)
 Listeners = Annotated[int, typer.Option(min=10, help="Number of listeners.")]
 Days = Annotated[int, typer.Option(min=14, help="Days of listening.")]
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same files.")]
-DEFAULT_DEMO_TRAFFIC = 1000
-"""Home pages ``homerec demo`` serves at the end, so ``homerec drift`` has served rows."""
-NEXT_STEPS = """
-next (everything is in {data_dir}):
-  homerec serve                   the Home ranker on http://127.0.0.1:8000
-  curl http://127.0.0.1:8000/v1/home/L0000001   a listener's Home page (JSON)
-  open http://127.0.0.1:8000/dashboard          the manual-evaluation dashboard
-  homerec evaluate                NDCG@10 of each shelf's candidate vs its heuristic
-  homerec models list             registered versions, aliases and gate decisions
-  homerec drift                   served vs training features (Chebyshev distance)"""
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -228,64 +223,11 @@ def demo(
 ) -> None:
     """The main job end to end: world, features, Feast, training, evaluation, gate, then
     sample traffic with every request's features logged and a drift check against it."""
-    from evaluation.gate import describe, gate_candidates
-    from evaluation.report import evaluate_and_save, format_table
-    from training.features.pipeline import (
-        StepTimer,
-        describe_sample,
-        online_sample,
-        prepare_features,
-    )
-    from training.jobs.train import train_all
-    from training.training_sets import check_windows_fit
+    from training.jobs.demo import run_demo
     from training.world.behaviour import WorldConfig
-    from training.world.generator import generate_world
 
-    settings = _settings(ctx)
-    timer = StepTimer()
     config = WorldConfig(listeners=listeners, days=days, seed=seed)
-    check_windows_fit(settings, config.start, days)  # before anything is generated
-    timer.run("world generate", generate_world, config, settings.world_dir)
-    prepare_features(settings, timer)
-    sample = timer.run("online sample", online_sample, settings)
-    typer.echo("online features (get_online_features) of the most active listener:")
-    typer.echo("  " + describe_sample(sample))
-    for trained in timer.run("train", train_all, settings):
-        seconds = {name: round(value, 1) for name, value in trained.seconds.items()}
-        typer.echo(f"trained {trained.shelf} in {seconds} -> {trained.version_dir}")
-    report = timer.run("evaluate", evaluate_and_save, settings)
-    typer.echo("NDCG@10 on the held-out test window:")
-    typer.echo(format_table(report))
-    typer.echo("evaluation gate (candidates that pass become production):")
-    for outcome in timer.run("gate", gate_candidates, settings):
-        typer.echo(describe(outcome))
-    if traffic:
-        _demo_traffic_and_drift(settings, timer, traffic)
-    steps = ", ".join(f"{name} {seconds:.0f}" for name, seconds in timer.seconds.items())
-    typer.echo(f"step times (s): {steps}; total {sum(timer.seconds.values()):.0f}")
-    typer.echo(NEXT_STEPS.format(data_dir=settings.data_dir))
-
-
-def _demo_traffic_and_drift(settings: Settings, timer, pages: int) -> None:
-    """Serve ``pages`` sampled Home pages in process (features logged), then compare them
-    with each production model's training profile, as ``homerec drift`` does."""
-    import pandas as pd
-
-    from evaluation.drift_job import load_drift_config, run_drift, write_latest
-    from serving.sample_traffic import serve_sample
-    from training.cli.drift import DEFAULT_WINDOW, summary_lines
-    from training.core.shelves import load_shelves
-
-    served = timer.run("sample traffic", serve_sample, settings, pages)
-    degraded = dict(served.degraded_shelves) or "none"
-    typer.echo(f"served {served.pages} Home pages in process; degraded shelves: {degraded}")
-    until = pd.Timestamp.now(tz="UTC")  # the log is stamped with wall-clock time
-    shelves = [shelf.name for shelf in load_shelves(settings.shelves_file)]
-    run = timer.run(
-        "drift", run_drift, settings, shelves, until - DEFAULT_WINDOW, until, load_drift_config()
-    )
-    typer.echo(f"drift of served vs training features (report in {write_latest(settings, run)}):")
-    typer.echo("\n".join(summary_lines(run)))
+    run_demo(_settings(ctx), config, traffic, typer.echo)
 
 
 @app.command()

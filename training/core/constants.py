@@ -10,6 +10,8 @@ DEFAULT_DAYS = 75
 """Days of the default synthetic world."""
 DEFAULT_SEED = 7
 """Seed of the default synthetic world."""
+DEFAULT_DEMO_TRAFFIC = 1000
+"""Home pages ``homerec demo`` serves at the end, so ``homerec drift`` has served rows."""
 
 PRODUCTION = "production"
 """The registry alias serving loads: a blessed (or overridden) version."""

@@ -1,6 +1,7 @@
 """The main job, step by step: world -> features -> Feast apply/materialize -> online sample."""
 
 import logging
+import resource
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,17 +18,26 @@ from training.features.tables import build_features
 logger = logging.getLogger(__name__)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 @dataclass
 class StepTimer:
-    """Wall time of each named step, in the order they ran."""
+    """Wall time of each named step, in the order they ran, and the process's peak
+    memory when each ended (it only grows: the step that raised it is the one to look at;
+    child processes, such as the gate's fresh-process check, are not counted)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
     def run(self, name: str, step, *args, **kwargs):
         logger.debug("step %s ...", name)
         started = time.perf_counter()
         result = step(*args, **kwargs)
         self.seconds[name] = time.perf_counter() - started
+        self.peak_rss_mb[name] = peak_rss_mb()
         logger.info("step %s done in %.1f s", name, self.seconds[name])
         return result
 

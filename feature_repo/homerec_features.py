@@ -463,28 +463,40 @@ def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
     # Feast runs this function from its source text: it may use only its own imports.
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    genres = inputs["top_genres_28d"].map(lambda v: [] if v is None else list(v))
-    shares = inputs["top_genre_shares_28d"].map(lambda v: [] if v is None else list(v))
-    lengths = genres.map(len).to_numpy()
-    row = np.repeat(np.arange(len(inputs)), lengths)
-    flat_genres = np.array([g for gs in genres for g in gs], dtype=object)
-    flat_shares = np.array([x for xs in shares for x in xs], dtype=np.float64)
+    def lists(column: str, kind: pa.DataType) -> pa.ListArray:
+        return pa.array(inputs[column].to_numpy(dtype=object), type=pa.list_(kind))
+
+    def lengths(values: pa.ListArray) -> np.ndarray:
+        return pc.fill_null(pc.list_value_length(values), 0).to_numpy()
+
+    n = len(inputs)
+    genres = lists("top_genres_28d", pa.string())
+    shares = lists("top_genre_shares_28d", pa.float64())
+    row = np.repeat(np.arange(n), lengths(genres))
+    flat_genres = pc.list_flatten(genres).to_numpy(zero_copy_only=False)
+    flat_shares = pc.list_flatten(shares).to_numpy(zero_copy_only=False)
     matches = flat_genres == inputs["genre"].to_numpy(dtype=object)[row]
-    affinity = np.bincount(row[matches], weights=flat_shares[matches], minlength=len(inputs))
-    daypart_match = np.zeros(len(inputs))
+    affinity = np.bincount(row[matches], weights=flat_shares[matches], minlength=n)
+    daypart_match = np.zeros(n)
     for part in ("night", "morning", "afternoon", "evening"):
         listener_share = pd.to_numeric(inputs[f"share_{part}_28d"]).fillna(0.0).to_numpy()
         item_share = pd.to_numeric(inputs[f"item_share_{part}_28d"]).fillna(0.0).to_numpy()
         daypart_match += listener_share * item_share
-    taste_match = np.full(len(inputs), np.nan)
-    listener_dims = inputs["taste_vector"].map(lambda v: 0 if v is None else len(v)).to_numpy()
-    item_dims = inputs["item_taste_vector"].map(lambda v: 0 if v is None else len(v)).to_numpy()
+    listener = lists("taste_vector", pa.float64())
+    item = lists("item_taste_vector", pa.float64())
+    listener_dims, item_dims = lengths(listener), lengths(item)
     both = (listener_dims > 0) & (listener_dims == item_dims)
-    if both.any():
-        listener_vectors = np.stack(inputs["taste_vector"].to_numpy()[both]).astype(float)
-        item_vectors = np.stack(inputs["item_taste_vector"].to_numpy()[both]).astype(float)
-        taste_match[both] = (listener_vectors * item_vectors).sum(axis=1)
+    taste_match = np.full(n, np.nan)
+    for dims in np.unique(listener_dims[both]):  # one block of equal-length vectors each
+        rows = both & (listener_dims == dims)
+        chosen = pa.array(rows)
+        shape = (int(rows.sum()), int(dims))
+        listener_vectors = pc.list_flatten(listener.filter(chosen)).to_numpy().reshape(shape)
+        item_vectors = pc.list_flatten(item.filter(chosen)).to_numpy().reshape(shape)
+        taste_match[rows] = (listener_vectors * item_vectors).sum(axis=1)
     return pd.DataFrame(
         {
             "genre_affinity_28d": affinity,

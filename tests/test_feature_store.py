@@ -1,6 +1,7 @@
 """Feast on real stores: point-in-time correctness offline, and online values equal to offline."""
 
 import ast
+import importlib.util
 import shutil
 from dataclasses import replace
 
@@ -249,3 +250,75 @@ def test_the_feature_repo_imports_only_feast_and_the_constants_module():
         } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         others = {name for name in imported if name.split(".")[0] != "feast"} - allowed
         assert not others, f"{path.name} imports {sorted(others)}"
+
+
+def _match_of_one_row(row: pd.Series) -> tuple[float, int, float, float]:
+    """listener_item_match's definition, one row at a time, in plain Python."""
+    genres = [] if row["top_genres_28d"] is None else list(row["top_genres_28d"])
+    shares = [] if row["top_genre_shares_28d"] is None else list(row["top_genre_shares_28d"])
+    pairs = zip(genres, shares, strict=True)
+    affinity = sum(share for genre, share in pairs if genre == row["genre"])
+    daypart = sum(
+        np.nan_to_num(row[f"share_{part}_28d"]) * np.nan_to_num(row[f"item_share_{part}_28d"])
+        for part in ("night", "morning", "afternoon", "evening")
+    )
+    listener, item = row["taste_vector"], row["item_taste_vector"]
+    if listener is None or item is None or len(listener) == 0 or len(listener) != len(item):
+        taste = np.nan
+    else:
+        taste = float((np.asarray(listener, float) * np.asarray(item, float)).sum())
+    return affinity, int(row["market"] == row["item_market"]), daypart, taste
+
+
+def test_listener_item_match_computes_its_definition_row_by_row():
+    """The vectorized on-demand transformation equals a row-by-row reading of its
+    definition, on rows with missing lists, empty lists, vectors of unequal length, an
+    unknown genre and missing daypart shares."""
+    spec = importlib.util.spec_from_file_location(
+        "homerec_features", REPO_ROOT / "feature_repo" / "homerec_features.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    transform = module.listener_item_match.feature_transformation.udf
+    rng = np.random.default_rng(3)
+    genres = np.array(["pop", "rock", "news", "latin", "comedy"], dtype=object)
+    n = 400
+
+    def vectors(dims: int) -> list:
+        return [
+            None if r % 37 == 0 else np.array([]) if r % 41 == 0 else rng.random(dims)
+            for r in range(n)
+        ]
+
+    inputs = pd.DataFrame(
+        {
+            "top_genres_28d": [
+                None if r % 29 == 0 else rng.choice(genres, r % 4, replace=False) for r in range(n)
+            ],
+            "genre": [None if r % 31 == 0 else rng.choice(genres) for r in range(n)],
+            "market": rng.choice(["US", "SE"], n),
+            "item_market": rng.choice(["US", "SE"], n),
+            "taste_vector": vectors(16),
+            "item_taste_vector": [
+                v if r % 43 else rng.random(3) for r, v in enumerate(vectors(16))
+            ],
+            **{
+                f"{side}share_{part}_28d": np.where(rng.random(n) < 0.1, np.nan, rng.random(n))
+                for side in ("", "item_")
+                for part in ("night", "morning", "afternoon", "evening")
+            },
+        }
+    )
+    inputs["top_genre_shares_28d"] = [
+        None if g is None else rng.random(len(g)) for g in inputs["top_genres_28d"]
+    ]
+    got = transform(inputs)
+    want = pd.DataFrame(
+        [_match_of_one_row(row) for _, row in inputs.iterrows()],
+        columns=["genre_affinity_28d", "same_market", "daypart_match_28d", "taste_match"],
+    )
+    assert list(got.columns) == list(want.columns)
+    assert got["same_market"].tolist() == want["same_market"].tolist()
+    for column in ("genre_affinity_28d", "daypart_match_28d", "taste_match"):
+        np.testing.assert_allclose(got[column], want[column], rtol=1e-12, equal_nan=True)
+    assert want["taste_match"].isna().any() and want["taste_match"].notna().any()

@@ -75,20 +75,19 @@ def user_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def failed_steps(what: str) -> Iterator[None]:
-    """For commands made of resumable steps: a user mistake is exit 2 (as anywhere); any
-    other failure is logged with its traceback and exits 3, so a scheduler can tell it
-    from a refusal (exit 1) and re-run to resume."""
-    with user_errors():
-        try:
-            yield
-        except (typer.Exit, typer.Abort):
+    """For commands made of resumable steps: a user mistake passes on (the root group
+    makes it exit 2, as anywhere); any other failure is logged with its traceback and
+    exits 3, so a scheduler can tell it from a refusal (exit 1) and re-run to resume."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:
+        if user_message(error) is not None:
             raise
-        except Exception as error:
-            if user_message(error) is not None:
-                raise
-            logger.exception("%s failed", what)
-            typer.echo(f"error: {what} failed: {error} (re-run to resume)", err=True)
-            raise typer.Exit(ExitCode.FAILED) from error
+        logger.exception("%s failed", what)
+        typer.echo(f"error: {what} failed: {error} (re-run to resume)", err=True)
+        raise typer.Exit(ExitCode.FAILED) from error
 
 
 class ReportingGroup(TyperGroup):

@@ -1,7 +1,6 @@
 """The ``homerec`` command line: thin commands over typed functions."""
 
 import json
-import logging
 import os
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -38,9 +37,6 @@ app.add_typer(models_app, name="models")
 app.command("drift")(drift_command)
 app.add_typer(pipeline_app, name="pipeline")
 
-logger = logging.getLogger(__name__)
-
-
 Listeners = Annotated[int, typer.Option(min=10, help="Number of listeners.")]
 Days = Annotated[int, typer.Option(min=14, help="Days of listening.")]
 Seed = Annotated[int, typer.Option(help="Random seed: same seed, same files.")]
@@ -53,7 +49,10 @@ def _settings(ctx: typer.Context) -> Settings:
 Shelves = Annotated[list[str] | None, typer.Option("--shelf", help="Only this shelf (repeatable).")]
 AsOf = Annotated[
     str | None,
-    typer.Option(help="Cut the world window at this date (YYYY-MM-DD, UTC): events before it."),
+    typer.Option(
+        help="Cut the world window at this ISO 8601 date or time (UTC unless an offset is "
+        "given): events before it."
+    ),
 ]
 
 

@@ -200,3 +200,26 @@ def test_unknown_listener_does_not_disturb_the_batch(batch: Batch):
             assert unknown not in set(frame["group"]), shelf.name
             if shelf.exclude_familiar:
                 assert set(known) <= set(frame["group"]), f"{shelf.name}: a listener got none"
+
+
+def _one_request(inputs: CandidateInputs, group: int) -> CandidateInputs:
+    """The inputs of one request of a batch, as serving reads them (one page at a time)."""
+    return CandidateInputs(
+        *(
+            frame[frame["group"] == group].reset_index(drop=True)
+            for frame in (inputs.listeners, inputs.neighbours, inputs.popular, inputs.editorial)
+        )
+    )
+
+
+@pytest.mark.parametrize("name", SHELF_NAMES)
+def test_a_request_alone_gets_the_candidates_it_gets_in_a_batch(batch: Batch, name: str):
+    """Stage 1 is a function of each request's own inputs: generated alone (serving, where
+    sources are often empty) or in a batch (training), a request gets the same rows."""
+    shelf = shelf_by_name(SHELVES, name)
+    for inputs in (batch.offline, batch.online):
+        together = generate_candidates(shelf, inputs)
+        for group in batch.requests["group"]:
+            alone = generate_candidates(shelf, _one_request(inputs, group))
+            expected = together[together["group"] == group].reset_index(drop=True)
+            pd.testing.assert_frame_equal(alone, expected, check_dtype=False, obj=f"group {group}")

@@ -99,7 +99,9 @@ def test_time_split_windows_are_ordered_and_purged(trained_world: TrainedWorld):
     for shelf in SHELVES:
         horizon = shelf.label.horizon_days * DAY
         split = training_set(settings, shelf.name).split
-        assert split == time_split(start, end, shelf.label.horizon_days, settings)
+        assert split == time_split(
+            start, end, shelf.label.horizon_days, settings, shelf.train_every_days
+        )
         assert len(split.train) >= 2 and len(split.valid) == settings.valid_days
         assert len(split.test) == settings.test_days
         for window in WINDOWS:
@@ -129,7 +131,24 @@ def test_time_split_is_purged_for_any_settings(days: int, horizon: int, override
     assert all(b - a == DAY for a, b in zip(split.test, split.test[1:], strict=False))
     assert split.train[-1] + horizon * DAY <= split.valid[0]
     assert split.valid[-1] + horizon * DAY <= split.test[0]
-    assert split.train[0] == start + settings.warmup_days * DAY
+    assert split.train[-1] + horizon * DAY == split.valid[0], "latest train snapshot dropped"
+    assert split.train[0] >= start + settings.warmup_days * DAY
+    stride = (settings.train_every_days or 1) * DAY
+    assert split.train[0] - stride < start + settings.warmup_days * DAY
+    assert {b - a for a, b in zip(split.train, split.train[1:], strict=False)} == {stride}
+
+
+def test_time_split_takes_the_shelf_stride_unless_the_setting_overrides_it():
+    """A shelf's train_every_days spaces its training snapshots back from the latest one
+    that fits; HOMEREC_TRAIN_EVERY_DAYS, when set, wins for every shelf."""
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    end = start + 75 * DAY
+    daily = time_split(start, end, 7, Settings())
+    by_shelf = time_split(start, end, 7, Settings(), every_days=3)
+    overridden = time_split(start, end, 7, Settings(train_every_days=2), every_days=3)
+    assert by_shelf.train == daily.train[::-1][::3][::-1]
+    assert overridden.train == daily.train[::-1][::2][::-1]
+    assert by_shelf.valid == daily.valid and by_shelf.test == daily.test
 
 
 def test_time_split_refuses_a_world_too_short():

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from training.core.shelves import (
     EditorialSource,
@@ -80,7 +82,9 @@ def read_candidate_inputs(
     ]
     neighbours = reader.read(
         neighbour_features,
-        seed_rows[["seed_item", *extra]].rename(columns={"seed_item": "item_id"}),
+        seed_rows[["seed_item", *extra]]
+        .astype({"seed_item": object})
+        .rename(columns={"seed_item": "item_id"}),
     )
     neighbours = pd.concat(
         [
@@ -132,19 +136,75 @@ def read_candidate_inputs(
     return CandidateInputs(listeners, neighbours, popular, editorial)
 
 
+def _list_array(values: pd.Series) -> pa.ListArray:
+    """A column of lists (numpy arrays offline, lists online, None when missing) in arrow."""
+    array = pa.array(values.to_numpy(dtype=object), from_pandas=True)
+    if pa.types.is_null(array.type) or pa.types.is_null(array.type.value_type):
+        return array.cast(pa.list_(pa.string()))  # all missing or empty: no type to infer
+    return array
+
+
+def _flat_values(lists: pa.ListArray) -> pd.Categorical | np.ndarray:
+    """The elements of ``lists`` in order; strings as a Categorical with sorted categories
+    (sorting, grouping and merging then work on integer codes, in string order)."""
+    flat = pc.list_flatten(lists)
+    if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
+        return flat.to_numpy(zero_copy_only=False)
+    encoded = flat.dictionary_encode()
+    dictionary = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    order = np.argsort(dictionary, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    return pd.Categorical.from_codes(codes, categories=dictionary[order])
+
+
 def _explode(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """One row per list element of ``columns`` (lists of equal length per row); a
-    ``position`` column holds the element's index in its list. Missing lists give no rows."""
-    present = frame[columns[0]].map(lambda value: value is not None and len(value) > 0)
-    frame = frame[present.to_numpy(dtype=bool)]
-    if frame.empty:
-        return frame.assign(position=pd.Series(dtype=np.int64))
-    lengths = frame[columns[0]].map(len).to_numpy()
-    exploded = frame.drop(columns=columns).loc[frame.index.repeat(lengths)].reset_index(drop=True)
-    for column in columns:
-        exploded[column] = np.concatenate([np.asarray(v) for v in frame[column]])
-    exploded["position"] = np.concatenate([np.arange(n) for n in lengths])
+    ``position`` column holds the element's index in its list. Missing lists give no rows.
+    String elements and the other string columns become Categoricals (see _flat_values)."""
+    lists = [_list_array(frame[column]) for column in columns]
+    lengths = pc.fill_null(pc.list_value_length(lists[0]), 0).to_numpy(zero_copy_only=False)
+    parent = np.repeat(np.arange(len(frame)), lengths)
+    rest = frame.drop(columns=columns)
+    strings = [c for c in rest.columns if rest[c].dtype == object]
+    rest = rest.astype({column: "category" for column in strings})
+    exploded = rest.iloc[parent].reset_index(drop=True)
+    for column, values in zip(columns, lists, strict=True):
+        exploded[column] = _flat_values(values)
+    starts = np.cumsum(lengths) - lengths
+    exploded["position"] = np.arange(len(parent)) - np.repeat(starts, lengths)
     return exploded
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat`` that keeps categorical columns categorical: their categories are
+    unified (sorted) first, where pandas would fall back to Python objects."""
+    frames = list(frames)
+    categorical = [
+        column
+        for column in frames[0].columns
+        if all(isinstance(f[column].dtype, pd.CategoricalDtype) for f in frames)
+    ]
+    for column in categorical:
+        categories = _union_categories([f[column] for f in frames])
+        frames = [f.assign(**{column: f[column].cat.set_categories(categories)}) for f in frames]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _union_categories(columns: Sequence[pd.Series]) -> np.ndarray:
+    return np.unique(np.concatenate([c.cat.categories.to_numpy(dtype=object) for c in columns]))
+
+
+def _texts(template: str, frame: pd.DataFrame, columns: list[str]) -> pd.Categorical:
+    """``template.format(*values)`` for every row's ``columns``, formatted once per
+    distinct combination (there are few: seeds, markets, age buckets)."""
+    grouped = frame.groupby(columns, observed=True, sort=False, dropna=False)
+    codes = grouped.ngroup().to_numpy()
+    firsts = grouped.head(1)[columns].itertuples(index=False)
+    texts = np.array([template.format(*values) for values in firsts], dtype=object)
+    categories, inverse = np.unique(texts, return_inverse=True)
+    return pd.Categorical.from_codes(inverse[codes], categories=categories)
 
 
 def _familiar_rows(listeners: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
@@ -166,7 +226,7 @@ def _familiar_candidates(shelf: Shelf, source: FamiliarSource, inputs: Candidate
     rows = _familiar_rows(inputs.listeners)
     rows = rows[rows["content_type"].isin(shelf.content_types)].copy()
     rows["rank"] = rows.groupby("group").cumcount()
-    rows["reason"] = "you play it often"
+    rows["reason"] = pd.Categorical(["you play it often"] * len(rows))
     rows["cand_familiar_rank"] = rows["familiar_rank"].astype(float)
     return rows[["group", "item_id", "rank", "reason", "cand_familiar_rank"]]
 
@@ -180,19 +240,35 @@ def _neighbour_candidates(shelf: Shelf, source: NeighbourSource, inputs: Candida
         ).rename(columns={f"neighbours_{t}": "item_id", f"neighbour_scores_{t}": "score"})
         for t in shelf.content_types
     ]
-    pairs = pd.concat(parts, ignore_index=True)
-    pairs["score"] = pairs["score"].astype(float)
-    best_seed = pairs.sort_values(
-        ["group", "item_id", "score", "seed_item"], ascending=[True, True, False, True]
-    )
-    best_seed = best_seed.drop_duplicates(["group", "item_id"])[["group", "item_id", "seed_item"]]
-    scored = pairs.groupby(["group", "item_id"], as_index=False)["score"].sum()
-    scored = scored.merge(best_seed, on=["group", "item_id"])
-    scored = scored.sort_values(["group", "score", "item_id"], ascending=[True, False, True])
-    scored["rank"] = scored.groupby("group").cumcount()
-    scored["reason"] = "because you played " + scored["seed_item"].astype(str)
-    scored = scored.rename(columns={"score": "cand_neighbour_score"})
+    pairs = _concat(parts)
+    score = pairs["score"].to_numpy(dtype=np.float64)
+    key = _pair_keys(pairs)
+    # The best seed of each (request, item): highest score, then first seed id.
+    by_key = np.lexsort((pairs["seed_item"].cat.codes.to_numpy(), -score, key))
+    sorted_keys = key[by_key]
+    best = by_key[np.flatnonzero(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1))]
+    total = pd.Series(score).groupby(key).sum().to_numpy()  # by ascending key, as ``best``
+    group = pairs["group"].to_numpy()[best]
+    ranked = np.lexsort((pairs["item_id"].cat.codes.to_numpy()[best], -total, group))
+    scored = pairs.iloc[best[ranked]][["group", "item_id", "seed_item"]].reset_index(drop=True)
+    scored["cand_neighbour_score"] = total[ranked]
+    scored["rank"] = _ranks_in_group(scored["group"].to_numpy())
+    scored["reason"] = _texts("because you played {}", scored, ["seed_item"])
     return scored[["group", "item_id", "rank", "reason", "cand_neighbour_score"]]
+
+
+def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
+    """One int64 per (group, item_id) of a frame whose item_id is a Categorical: requests
+    and items compared, deduplicated and looked up as one integer."""
+    items = frame["item_id"].cat
+    return frame["group"].to_numpy(dtype=np.int64) * len(items.categories) + items.codes.to_numpy(
+        dtype=np.int64
+    )
+
+
+def _ranks_in_group(group: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal ``group`` values (``group`` sorted)."""
+    return np.arange(len(group)) - np.searchsorted(group, group, side="left")
 
 
 POPULAR_LISTS: dict[str, tuple[str, str, str]] = {
@@ -214,17 +290,16 @@ def _popular_candidates(shelf: Shelf, source: PopularSource, inputs: CandidateIn
         ).rename(columns={f"{prefix}_{t}": "item_id", f"{prefix}_{t}_{count}": "listeners"})
         for t in shelf.content_types
     ]
-    rows = pd.concat(parts, ignore_index=True)
+    rows = _concat(parts)
     rows["listeners"] = rows["listeners"].astype(float)
     rows = rows.sort_values(["group", "listeners", "item_id"], ascending=[True, False, True])
     rows["rank"] = rows.groupby("group").cumcount()
-    where = rows["market"].astype(str)
-    age = rows["age_bucket"].astype(str)
-    rows["reason"] = {
-        "market": "popular in " + where,
-        "market_age": "popular with " + age + " listeners in " + where,
-        "market_age_new": "what new " + age + " listeners in " + where + " play",
+    template = {
+        "market": "popular in {1}",
+        "market_age": "popular with {0} listeners in {1}",
+        "market_age_new": "what new {0} listeners in {1} play",
     }[source.segment]
+    rows["reason"] = _texts(template, rows, ["age_bucket", "market"])
     rank_name, listeners_name = _popular_feature_names(source)
     rows[rank_name] = rows["rank"].astype(float)
     rows[listeners_name] = rows["listeners"]
@@ -243,11 +318,11 @@ def _editorial_candidates(shelf: Shelf, source: EditorialSource, inputs: Candida
         ).rename(columns={f"editorial_{t}": "item_id"})
         for t in shelf.content_types
     ]
-    rows = pd.concat(parts, ignore_index=True)
+    rows = _concat(parts)
     # Newest first across types: interleave each type's list by its position.
     rows = rows.sort_values(["group", "position", "item_id"])
     rows["rank"] = rows.groupby("group").cumcount()
-    rows["reason"] = "editors' pick in " + rows["market"].astype(str)
+    rows["reason"] = _texts("editors' pick in {}", rows, ["market"])
     rows["cand_editorial_rank"] = rows["rank"].astype(float)
     return rows[["group", "item_id", "rank", "reason", "cand_editorial_rank"]]
 
@@ -305,30 +380,39 @@ def generate_candidates(shelf: Shelf, inputs: CandidateInputs) -> pd.DataFrame:
     columns ``CANDIDATE_COLUMNS`` + the candidate features, sorted by group then proposal
     order.
     """
+    outputs = [_SOURCES[source.kind](shelf, source, inputs) for source in shelf.candidates]
+    excluded = [_familiar_rows(inputs.listeners)] if shelf.exclude_familiar else []
+    # One item vocabulary for every frame compared below, so (group, item) keys match.
+    vocabulary = _union_categories([frame["item_id"] for frame in outputs + excluded])
+
+    def recoded(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(item_id=frame["item_id"].cat.set_categories(vocabulary))
+
+    outputs = [recoded(rows) for rows in outputs]
     proposals, signals = [], []
-    for order, source in enumerate(shelf.candidates):
-        rows = _SOURCES[source.kind](shelf, source, inputs)
+    for order, (source, rows) in enumerate(zip(shelf.candidates, outputs, strict=True)):
         signals.append(rows.drop(columns=["rank", "reason"]))
         top = rows[rows["rank"] < source.limit]
         proposals.append(
             top[["group", "item_id", "rank", "reason"]].assign(order=order, source=source.kind)
         )
-    merged = pd.concat(proposals, ignore_index=True).sort_values(
-        ["group", "order", "rank"], kind="stable"
-    )
-    merged = merged.drop_duplicates(["group", "item_id"])
-    if shelf.exclude_familiar:
-        familiar = _familiar_rows(inputs.listeners)[["group", "item_id"]].assign(_familiar=True)
-        merged = merged.merge(familiar, on=["group", "item_id"], how="left")
-        merged = merged[merged["_familiar"].isna()].drop(columns="_familiar")
-    merged = merged[merged.groupby("group").cumcount() < shelf.max_candidates]
-    candidates = merged[CANDIDATE_COLUMNS].reset_index(drop=True)
+    merged = _concat(proposals)
+    merged = merged.iloc[np.lexsort((merged["rank"], merged["order"], merged["group"]))]
+    keys = _pair_keys(merged)
+    keep = ~pd.Index(keys).duplicated()
+    for frame in excluded:
+        keep &= ~np.isin(keys, _pair_keys(recoded(frame)))
+    merged, keys = merged[keep], keys[keep]
+    within = _ranks_in_group(merged["group"].to_numpy()) < shelf.max_candidates
+    candidates = merged[within][CANDIDATE_COLUMNS].reset_index(drop=True)
+    keys = keys[within]
     for signal in signals:
-        signal = signal.drop_duplicates(["group", "item_id"])
-        new = [c for c in signal.columns if c not in candidates.columns]
-        candidates = candidates.merge(
-            signal[["group", "item_id", *new]], on=["group", "item_id"], how="left"
-        )
-    for name in candidate_feature_names(shelf):
-        candidates[name] = candidates[name].astype(float)
+        signal_keys = _pair_keys(signal)
+        first = ~pd.Index(signal_keys).duplicated()
+        found = pd.Index(signal_keys[first]).get_indexer(keys)
+        for name in [c for c in signal.columns if c not in candidates.columns]:
+            # A trailing NaN is what index -1 (not proposed by this source) reads.
+            values = np.append(signal[name].to_numpy(dtype=np.float64)[first], np.nan)
+            candidates[name] = values[found]
+    candidates = candidates.astype({"item_id": object, "reason": object})
     return candidates[CANDIDATE_COLUMNS + candidate_feature_names(shelf)]

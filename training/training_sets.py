@@ -72,16 +72,24 @@ class WindowTooShortError(UserError, ValueError):
 
 
 def time_split(
-    start: pd.Timestamp, end: pd.Timestamp, horizon_days: int, settings: Settings
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    horizon_days: int,
+    settings: Settings,
+    every_days: int | None = None,
 ) -> TimeSplit:
-    """Split the world window into snapshot times (see ``TimeSplit``)."""
+    """Split the world window into snapshot times (see ``TimeSplit``). Training snapshots
+    step back every ``settings.train_every_days`` days (unset: ``every_days``, the shelf's
+    own, default 1) from the last one that fits, which is always kept: the closest to what
+    the model will serve."""
     horizon = horizon_days * DAY
     test = _days_ending(end - horizon, settings.test_days)
     valid = _days_ending(test[0] - horizon, settings.valid_days)
     first_train = start + settings.warmup_days * DAY
-    train = list(
-        pd.date_range(first_train, valid[0] - horizon, freq=f"{settings.train_every_days}D")
-    )
+    last_train = valid[0] - horizon
+    step = (settings.train_every_days or every_days or 1) * DAY
+    count = (last_train - first_train) // step + 1 if last_train >= first_train else 0
+    train = [last_train - i * step for i in reversed(range(count))]
     if len(train) < 2:
         raise WindowTooShortError(
             f"world window {start.date()}..{end.date()} is too short: warm-up"
@@ -158,19 +166,23 @@ def build_rows(
     shelf: Shelf,
     requests: pd.DataFrame,
     events: pd.DataFrame,
-    relevant_only: bool = True,
+    keep_irrelevant: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Candidates, labels and model features for ``requests`` (columns REQUEST_COLUMNS).
 
     Requests none of whose candidates is relevant teach a ranker nothing and have no NDCG,
-    so unless ``relevant_only`` is False they are dropped before the (costly) feature read.
+    so they are dropped before the (costly) feature read, except those flagged in
+    ``keep_irrelevant`` (a boolean per request row).
     """
     reader = OfflineReader(store)
     inputs = read_candidate_inputs(reader, requests, [shelf])
     rows = generate_candidates(shelf, inputs).merge(requests, on="group", how="left")
     rows["label"] = label_rows(rows, events, shelf.label)
-    if relevant_only:
-        rows = rows[rows.groupby("group")["label"].transform("max") > 0].reset_index(drop=True)
+    keep = rows.groupby("group")["label"].transform("max").to_numpy() > 0
+    if keep_irrelevant is not None:
+        kept_groups = requests["group"].to_numpy()[np.asarray(keep_irrelevant, dtype=bool)]
+        keep |= rows["group"].isin(kept_groups).to_numpy()
+    rows = rows[keep].reset_index(drop=True)
     features = reader.read(
         store.get_feature_service(shelf.feature_service),
         rows[["listener_id", "item_id", "event_timestamp"]],
@@ -220,17 +232,38 @@ def reference_requests(
 
 
 REFERENCE_FILE = "reference.parquet"
-SNAPSHOTS_PER_BATCH = 4
-"""Snapshots whose requests are read from Feast together: bounds peak memory."""
+WINDOWS = ("train", "valid", "test")
+REQUESTS_PER_BATCH = 25_000
+"""Requests read from Feast together: a retrieval has a fixed cost of about a second, so
+few of them, but each batch's candidates and features must fit in memory."""
 
 
-def _snapshot_batches(requests: pd.DataFrame) -> list[pd.DataFrame]:
-    """``requests`` split into runs of ``SNAPSHOTS_PER_BATCH`` snapshot times."""
-    times = np.sort(requests["event_timestamp"].unique())
-    return [
-        requests[requests["event_timestamp"].isin(times[i : i + SNAPSHOTS_PER_BATCH])]
-        for i in range(0, len(times), SNAPSHOTS_PER_BATCH)
-    ]
+def _stacked(requests: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each part's requests, one after another, with a ``part`` column and group ids
+    offset so they stay unique: one frame read from Feast in one pass."""
+    frames, offset = [], 0
+    for part, frame in requests.items():
+        frames.append(frame.assign(group=frame["group"] + offset, part=part))
+        offset += len(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _batches(requests: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    """``requests`` in runs of whole snapshot times of about ``size`` requests each."""
+    per_time = requests.groupby("event_timestamp").size()
+    batch_of_time = (per_time.cumsum() - 1) // size
+    batch = requests["event_timestamp"].map(batch_of_time).to_numpy()
+    return [requests[batch == b] for b in np.unique(batch)]
+
+
+def _unstacked(rows: pd.DataFrame, requests: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """``rows`` of stacked requests split back by part, with each part's own group ids."""
+    parts, offset = {}, 0
+    for part, frame in requests.items():
+        selected = rows[rows["part"] == part].drop(columns="part").reset_index(drop=True)
+        parts[part] = selected.assign(group=selected["group"] - offset)
+        offset += len(frame)
+    return parts
 
 
 def build_training_set(
@@ -240,7 +273,8 @@ def build_training_set(
     split: TimeSplit,
     max_requests_per_snapshot: int | None = None,
 ) -> TrainingSet:
-    """Rows of every window of ``split`` for ``shelf``; scalar features only are kept."""
+    """Rows of every window of ``split`` and the reference rows for ``shelf``, read from
+    Feast in a few batches of whole snapshots; scalar features only are kept."""
     paths = WorldPaths(world_dir)
     listeners = pd.read_parquet(paths.listeners, columns=["listener_id", "signup_at"])
     events = pd.read_parquet(
@@ -248,33 +282,36 @@ def build_training_set(
     )
     names = model_feature_names(store, shelf)
     columns = [*REQUEST_COLUMNS, "item_id", "source", "reason", *names, "label"]
-
-    def built(requests: pd.DataFrame, what: str, relevant_only: bool = True) -> pd.DataFrame:
-        """``build_rows`` of ``requests``, a batch of snapshots at a time."""
-        batches = tqdm(_snapshot_batches(requests), desc=f"{shelf.name} {what}", unit="batch")
-        return pd.concat(
-            [build_rows(store, shelf, b, events, relevant_only)[columns] for b in batches],
-            ignore_index=True,
-        )
-
-    rows: dict[str, pd.DataFrame] = {}
-    for window in ("train", "valid", "test"):
-        requests = snapshot_requests(listeners, getattr(split, window), max_requests_per_snapshot)
-        rows[window] = built(requests, window)
+    requests = {
+        window: snapshot_requests(listeners, getattr(split, window), max_requests_per_snapshot)
+        for window in WINDOWS
+    }
+    requests["reference"] = reference_requests(listeners, shelf, split.train, REFERENCE_REQUESTS)
+    batches = _batches(_stacked(requests), REQUESTS_PER_BATCH)
+    built = pd.concat(
+        [
+            build_rows(store, shelf, batch, events, keep_irrelevant=batch["part"].eq("reference"))[
+                [*columns, "part"]
+            ]
+            for batch in tqdm(batches, desc=f"{shelf.name} training set", unit="batch")
+        ],
+        ignore_index=True,
+    )
+    parts = {part: frame[columns] for part, frame in _unstacked(built, requests).items()}
+    for window in WINDOWS:
         logger.info(
             "%s %s: %d of %d requests with a relevant candidate, %d candidates, %.1f%% positive",
             shelf.name,
             window,
-            rows[window]["group"].nunique(),
-            len(requests),
-            len(rows[window]),
-            100 * (rows[window]["label"] > 0).mean() if len(rows[window]) else 0.0,
+            parts[window]["group"].nunique(),
+            len(requests[window]),
+            len(parts[window]),
+            100 * (parts[window]["label"] > 0).mean() if len(parts[window]) else 0.0,
         )
-    sample = reference_requests(listeners, shelf, split.train, REFERENCE_REQUESTS)
-    reference = built(sample, "reference", relevant_only=False)
-    frames = [rows[w] for w in rows] + [reference]
+    rows = {window: parts[window] for window in WINDOWS}
+    frames = [*rows.values(), parts["reference"]]
     data_hash = hashlib.sha256("".join(map(frame_hash, frames)).encode()).hexdigest()
-    return TrainingSet(shelf.name, rows, names, split, data_hash, reference)
+    return TrainingSet(shelf.name, rows, names, split, data_hash, parts["reference"])
 
 
 def save_training_set(training_set: TrainingSet, directory: Path) -> None:
@@ -320,7 +357,13 @@ def shelf_split(settings: Settings, shelf: Shelf, as_of: datetime | None = None)
     start, end = world_window(settings)
     if as_of is not None:
         end = min(end, as_of)
-    return time_split(pd.Timestamp(start), pd.Timestamp(end), shelf.label.horizon_days, settings)
+    return time_split(
+        pd.Timestamp(start),
+        pd.Timestamp(end),
+        shelf.label.horizon_days,
+        settings,
+        shelf.train_every_days,
+    )
 
 
 def check_windows_fit(settings: Settings, start: date, days: int) -> None:
@@ -328,7 +371,8 @@ def check_windows_fit(settings: Settings, start: date, days: int) -> None:
     shelf's warm-up, train, valid and test windows (checked before a world is made)."""
     first = pd.Timestamp(start, tz="UTC")
     for shelf in load_shelves(settings.shelves_file):
-        time_split(first, first + pd.Timedelta(days=days), shelf.label.horizon_days, settings)
+        last = first + pd.Timedelta(days=days)
+        time_split(first, last, shelf.label.horizon_days, settings, shelf.train_every_days)
 
 
 def build_shelf_training_set(

@@ -36,8 +36,9 @@ class Settings(BaseSettings):
     warmup_days: int = 28
     """Days at the world's start no training snapshot uses: features look back 28 days, so
     an earlier snapshot would see less history than serving does."""
-    train_every_days: int = 1
-    """Stride between training snapshots."""
+    train_every_days: int | None = Field(default=None, gt=0)
+    """Days between training snapshots for every shelf; None: each shelf's own
+    ``train_every_days`` (shelves file; default 1)."""
     valid_days: int = 4
     """Daily snapshots of the validation window (early stopping)."""
     test_days: int = 7

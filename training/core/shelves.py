@@ -89,6 +89,11 @@ class Shelf(_Strict):
     max_candidates: int = Field(gt=0)
     audience: Audience = Audience()
     label: Label
+    train_every_days: int | None = Field(default=None, gt=0)
+    """Days between the shelf's training snapshots (default 1; HOMEREC_TRAIN_EVERY_DAYS,
+    when set, overrides it for every shelf).
+    Adjacent days of one listener teach a ranker much the same; ``benchmarks/
+    training_rows.py`` measures how few a shelf needs."""
     feature_service: str
     k: int = Field(gt=0, le=50)
     baseline: Baseline

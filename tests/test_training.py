@@ -41,6 +41,7 @@ from training.training_sets import (
     label_rows,
     load_training_set,
     model_feature_names,
+    sample_negatives,
     snapshot_requests,
     time_split,
 )
@@ -191,6 +192,31 @@ def test_label_counts_plays_strictly_after_the_snapshot_up_to_the_horizon():
     shifted = rows.assign(event_timestamp=t + second)
     graded = label_rows(shifted, events, Label(horizon_days=7, grade="minutes"))
     assert graded[0] == 1 + min(3, (20 + 90) // 15), "boundaries did not move with the snapshot"
+
+
+def test_negative_sampling_keeps_every_positive_and_at_most_n_negatives_per_request():
+    """Of each request, every relevant row and ``n`` irrelevant ones (all when fewer);
+    the sample is the same whether a request is sampled alone or among others."""
+    rng = np.random.default_rng(1)
+    t = pd.Timestamp("2026-02-01", tz="UTC")
+    sizes = [1, 3, 12, 40, 40]
+    rows = pd.DataFrame(
+        {
+            "group": np.repeat(np.arange(len(sizes)), sizes),
+            "listener_id": np.repeat([f"L{g}" for g in range(len(sizes))], sizes),
+            "item_id": [f"I{i:03d}" for size in sizes for i in rng.permutation(size)],
+            "event_timestamp": t,
+            "label": rng.choice([0, 0, 0, 1, 2], size=sum(sizes)),
+        }
+    )
+    keep = sample_negatives(rows, 5)
+    for group, frame in rows.groupby("group"):
+        kept = frame[keep[frame.index]]
+        assert (kept["label"] > 0).sum() == (frame["label"] > 0).sum(), f"{group}: positive lost"
+        assert (kept["label"] == 0).sum() == min(5, (frame["label"] == 0).sum()), group
+        alone = sample_negatives(frame.iloc[::-1].reset_index(drop=True), 5)
+        assert set(frame.iloc[::-1][alone]["item_id"]) == set(kept["item_id"]), group
+    assert not sample_negatives(rows, 1)[rows["label"].to_numpy() == 0].all()
 
 
 def expected_label(label: Label, pair_events: pd.DataFrame, t: pd.Timestamp) -> int:

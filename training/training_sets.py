@@ -166,28 +166,48 @@ def build_rows(
     shelf: Shelf,
     requests: pd.DataFrame,
     events: pd.DataFrame,
-    keep_irrelevant: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Candidates, labels and model features for ``requests`` (columns REQUEST_COLUMNS).
+    """Candidates, labels and model features for ``requests`` (columns REQUEST_COLUMNS and
+    ``part``: train, valid, test or reference).
 
     Requests none of whose candidates is relevant teach a ranker nothing and have no NDCG,
-    so they are dropped before the (costly) feature read, except those flagged in
-    ``keep_irrelevant`` (a boolean per request row).
+    so they are dropped before the (costly) feature read, except reference ones (drift
+    profiles the population as served). Train requests keep every relevant candidate and
+    a sample of ``shelf.train_negatives`` irrelevant ones (all when None).
     """
     reader = OfflineReader(store)
     inputs = read_candidate_inputs(reader, requests, [shelf])
     rows = generate_candidates(shelf, inputs).merge(requests, on="group", how="left")
     rows["label"] = label_rows(rows, events, shelf.label)
+    part = rows["part"].to_numpy()
     keep = rows.groupby("group")["label"].transform("max").to_numpy() > 0
-    if keep_irrelevant is not None:
-        kept_groups = requests["group"].to_numpy()[np.asarray(keep_irrelevant, dtype=bool)]
-        keep |= rows["group"].isin(kept_groups).to_numpy()
+    keep |= part == "reference"
+    if shelf.train_negatives is not None:
+        keep &= (part != "train") | sample_negatives(rows, shelf.train_negatives)
     rows = rows[keep].reset_index(drop=True)
     features = reader.read(
         store.get_feature_service(shelf.feature_service),
         rows[["listener_id", "item_id", "event_timestamp"]],
     )
     return pd.concat([rows, features.drop(columns=[c for c in features if c in rows])], axis=1)
+
+
+def sample_negatives(rows: pd.DataFrame, per_request: int) -> np.ndarray:
+    """Which ``rows`` (group, listener_id, item_id, event_timestamp, label) to keep: every
+    relevant one, and of each request's irrelevant ones the ``per_request`` with the
+    smallest hash of (listener, item, time). The sample is seeded by the rows themselves,
+    so it does not depend on how requests were batched."""
+    negative = rows["label"].to_numpy() == 0
+    draw = pd.util.hash_pandas_object(
+        rows[["listener_id", "item_id", "event_timestamp"]], index=False
+    ).to_numpy()
+    order = np.lexsort((draw, rows["group"].to_numpy()))
+    group, counted = rows["group"].to_numpy()[order], np.cumsum(negative[order])
+    first = np.searchsorted(group, group, side="left")
+    before = np.where(first > 0, counted[np.maximum(first - 1, 0)], 0)
+    keep = np.empty(len(rows), dtype=bool)
+    keep[order] = ~negative[order] | (counted - before <= per_request)
+    return keep
 
 
 def frame_hash(frame: pd.DataFrame) -> str:
@@ -290,9 +310,7 @@ def build_training_set(
     batches = _batches(_stacked(requests), REQUESTS_PER_BATCH)
     built = pd.concat(
         [
-            build_rows(store, shelf, batch, events, keep_irrelevant=batch["part"].eq("reference"))[
-                [*columns, "part"]
-            ]
+            build_rows(store, shelf, batch, events)[[*columns, "part"]]
             for batch in tqdm(batches, desc=f"{shelf.name} training set", unit="batch")
         ],
         ignore_index=True,

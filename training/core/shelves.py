@@ -94,6 +94,10 @@ class Shelf(_Strict):
     when set, overrides it for every shelf).
     Adjacent days of one listener teach a ranker much the same; ``benchmarks/
     training_rows.py`` measures how few a shelf needs."""
+    train_negatives: int | None = Field(default=None, gt=0)
+    """Irrelevant candidates kept per training request, a seeded sample (all when None);
+    validation and test keep all. Most of a discovery shelf's candidates are irrelevant
+    and far from its top: a sample of them teaches the ranker as much, for less."""
     feature_service: str
     k: int = Field(gt=0, le=50)
     baseline: Baseline

@@ -50,7 +50,7 @@ from training.features.store import OnlineReader, open_store
 from training.models.fitting import baseline_ranker
 from training.models.rankers import ModelIntegrityError, load_ranker
 from training.models.registry import CANDIDATE, PRODUCTION, ModelRegistry, RegistryError
-from training.training_sets import load_training_set, model_feature_names
+from training.training_sets import load_window, model_feature_names
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def thresholds(settings: Settings, shelf: str) -> GateThresholds:
 def evaluation_frame(directory: Path, shelf: Shelf) -> pd.DataFrame:
     """The test window of the training set in ``directory``, restricted to the shelf's
     audience: the rows every version of the shelf is compared on."""
-    test = load_training_set(directory).rows["test"]
+    test = load_window(directory, "test")
     return audience_rows(shelf, test)
 
 

@@ -29,7 +29,7 @@ from training.core.shelves import Shelf, select_shelves
 from training.features.tables import NEW_LISTENER_DAYS
 from training.models.fitting import baseline_ranker
 from training.models.registry import CANDIDATE, ModelRegistry
-from training.training_sets import load_training_set
+from training.training_sets import load_window
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def evaluate_shelf(settings: Settings, shelf: Shelf, with_oracle: bool) -> dict[
     last) on the held-out test window of the training set it was trained on."""
     registry = ModelRegistry(settings.model_registry_dir)
     model, metadata, record = registry.load(shelf.name, CANDIDATE)
-    test = load_training_set(trained_on(settings, shelf.name, metadata)).rows["test"]
+    test = load_window(trained_on(settings, shelf.name, metadata), "test")
     test = audience_rows(shelf, test)
     scores = {"model": model.predict(test), "baseline": baseline_ranker(shelf).predict(test)}
     if with_oracle:

@@ -355,18 +355,30 @@ def _write_training_set(training_set: TrainingSet, staged: Path) -> None:
     atomic_write_text(staged / "training_set.json", json.dumps(meta, indent=2) + "\n")
 
 
-def load_training_set(directory: Path) -> TrainingSet:
+def _check_saved(directory: Path) -> Path:
+    """The set's ``training_set.json``; FileNotFoundError naming the fix when missing."""
     meta_path = directory / "training_set.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"no training set at {directory}: run `homerec train` first")
-    meta = json.loads(meta_path.read_text())
+    return meta_path
+
+
+def load_training_set(directory: Path) -> TrainingSet:
+    meta = json.loads(_check_saved(directory).read_text())
     split = TimeSplit(**{w: [pd.Timestamp(t) for t in ts] for w, ts in meta["split"].items()})
-    rows = {w: pd.read_parquet(directory / f"{w}.parquet") for w in ("train", "valid", "test")}
+    rows = {w: pd.read_parquet(directory / f"{w}.parquet") for w in WINDOWS}
     reference_path = directory / REFERENCE_FILE
     reference = pd.read_parquet(reference_path) if reference_path.exists() else None
     return TrainingSet(
         meta["shelf"], rows, meta["feature_names"], split, meta["data_hash"], reference
     )
+
+
+def load_window(directory: Path, window: str) -> pd.DataFrame:
+    """One window's rows of a saved training set (evaluation reads only ``test``, a fraction
+    of the whole set)."""
+    _check_saved(directory)
+    return pd.read_parquet(directory / f"{window}.parquet")
 
 
 def shelf_split(settings: Settings, shelf: Shelf, as_of: datetime | None = None) -> TimeSplit:

@@ -260,7 +260,7 @@ few of them, but each batch's candidates and features must fit in memory."""
 
 def _stacked(requests: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Each part's requests, one after another, with a ``part`` column and group ids
-    offset so they stay unique: one frame read from Feast in one pass."""
+    offset so they stay unique: one frame, read from Feast in batches (``_batches``)."""
     frames, offset = [], 0
     for part, frame in requests.items():
         frames.append(frame.assign(group=frame["group"] + offset, part=part))

@@ -293,7 +293,7 @@ def _popular_candidates(shelf: Shelf, source: PopularSource, inputs: CandidateIn
     rows = _concat(parts)
     rows["listeners"] = rows["listeners"].astype(float)
     rows = rows.sort_values(["group", "listeners", "item_id"], ascending=[True, False, True])
-    rows["rank"] = rows.groupby("group").cumcount()
+    rows["rank"] = _ranks_in_group(rows["group"].to_numpy())
     template = {
         "market": "popular in {1}",
         "market_age": "popular with {0} listeners in {1}",
@@ -321,7 +321,7 @@ def _editorial_candidates(shelf: Shelf, source: EditorialSource, inputs: Candida
     rows = _concat(parts)
     # Newest first across types: interleave each type's list by its position.
     rows = rows.sort_values(["group", "position", "item_id"])
-    rows["rank"] = rows.groupby("group").cumcount()
+    rows["rank"] = _ranks_in_group(rows["group"].to_numpy())
     rows["reason"] = _texts("editors' pick in {}", rows, ["market"])
     rows["cand_editorial_rank"] = rows["rank"].astype(float)
     return rows[["group", "item_id", "rank", "reason", "cand_editorial_rank"]]

@@ -7,9 +7,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    RequestSource,
+    ValueType,
+)
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Array, Float64, Int64, String
+from feast.types import Array, Float64, Int64, String, UnixTimestamp
 
 from training.core.constants import CONTENT_TYPES, DAYPARTS, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
 
@@ -51,6 +59,15 @@ market = Entity(
     join_keys=["market_id"],
     value_type=ValueType.STRING,
     description="A market (country) whose editors pick items for the Home page.",
+)
+
+PLAYS_TO_DATE = Field(
+    name="plays_to_date",
+    dtype=Int64,
+    description=(
+        "The listener's plays before the snapshot, all time: a counter whose differences "
+        "listener_item_relative uses, not a model feature (it grows with the log)."
+    ),
 )
 
 listener_profile = FeatureView(
@@ -124,6 +141,7 @@ listener_profile = FeatureView(
             dtype=Array(Float64),
             description="The listener's 28-day play share of each of top_genres_28d (same order).",
         ),
+        PLAYS_TO_DATE,
         Field(
             name="taste_vector",
             dtype=Array(Float64),
@@ -214,12 +232,40 @@ item_stats = FeatureView(
     source=snapshot_source("item_stats"),
 )
 
+PAIR_HISTORY_FIELDS = [
+    Field(
+        name="pair_last_play_day",
+        dtype=Int64,
+        description="UTC day number (days since 1970-01-01) of the listener's last play of it.",
+    ),
+    Field(
+        name="pair_first_play_day_28d",
+        dtype=Int64,
+        description="UTC day number of the first play in 28 days; null on the closing row.",
+    ),
+    Field(
+        name="pair_listener_plays_through_last_play",
+        dtype=Int64,
+        description="The listener's plays_to_date at the end of the day of this item's last play.",
+    ),
+    Field(
+        name="pair_listener_plays_at_close",
+        dtype=Int64,
+        description="The listener's plays_to_date at the closing row; null before it.",
+    ),
+]
+"""Inputs of listener_item_relative, not model features: day numbers and play counters
+mean nothing alone (their size depends on the calendar and the log's length)."""
+
 listener_item = FeatureView(
     name="listener_item",
     description=(
-        "How familiar a listener is with an item: plays and recency (what Shortcuts ranks on). "
-        "It looks back 28 days at most, so it means the same in training and serving. A pair has "
-        "rows while played in 28 days, plus a closing row (28-day counts 0) when it stops."
+        "How familiar a listener is with an item: plays in windows up to 28 days and the days "
+        "of its first and last play (what Shortcuts ranks on). A pair has a row when one of "
+        "these values changes: on a day it is played and on a day a play leaves a window; the "
+        "point-in-time join carries a row forward until the next. The last row of a pair is "
+        "its closing row (28-day counts 0). Values relative to the request time are computed "
+        "by listener_item_relative."
     ),
     entities=[listener, item],
     ttl=timedelta(days=365),
@@ -238,28 +284,6 @@ listener_item = FeatureView(
             name="pair_minutes_28d",
             dtype=Float64,
             description="Minutes the listener played the item in the last 28 days.",
-        ),
-        Field(
-            name="pair_days_since_last_play",
-            dtype=Float64,
-            description=(
-                "Days since the listener last played the item (1-28; 29 on the closing row)."
-            ),
-        ),
-        Field(
-            name="pair_days_since_first_play_28d",
-            dtype=Float64,
-            description="Days since the first play in the last 28 days; null on the closing row.",
-        ),
-        Field(
-            name="pair_plays_per_day_28d",
-            dtype=Float64,
-            description="pair_plays_28d / pair_days_since_first_play_28d; 0 on the closing row.",
-        ),
-        Field(
-            name="pair_share_28d",
-            dtype=Float64,
-            description="The item's share of the listener's 28-day plays (0 if none).",
         ),
         Field(
             name="pair_plays_3d",
@@ -281,20 +305,7 @@ listener_item = FeatureView(
             dtype=Float64,
             description="Share of the 28-day plays that are skips (< 15% played); null if none.",
         ),
-        Field(
-            name="pair_plays_elsewhere_since_last",
-            dtype=Int64,
-            description=(
-                "The listener's plays of other items on the days after this item's last play."
-            ),
-        ),
-        Field(
-            name="pair_dry_spell_logp_28d",
-            dtype=Float64,
-            description=(
-                "log P(dry spell) = plays elsewhere since last * log(1 - min(pair_share_28d, 0.95))"
-            ),
-        ),
+        *PAIR_HISTORY_FIELDS,
     ],
     source=snapshot_source("listener_item"),
 )
@@ -507,15 +518,109 @@ def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+request_time = RequestSource(
+    name="request_time",
+    schema=[
+        Field(
+            name="event_timestamp",
+            dtype=UnixTimestamp,
+            description="When the features are read for: an entity row's time (training), "
+            "the online store's materialization end (serving).",
+        )
+    ],
+    description="The time of a read, for features relative to it.",
+)
+
+
+@on_demand_feature_view(
+    sources=[
+        listener_item[["pair_plays_28d"] + [field.name for field in PAIR_HISTORY_FIELDS]],
+        listener_profile[
+            ["plays_to_date"] + [f"plays_{LONG_WINDOW_DAYS}d_{kind}" for kind in CONTENT_TYPES]
+        ],
+        request_time,
+    ],
+    schema=[
+        Field(name="pair_days_since_last_play", dtype=Float64),
+        Field(name="pair_days_since_first_play_28d", dtype=Float64),
+        Field(name="pair_plays_per_day_28d", dtype=Float64),
+        Field(name="pair_share_28d", dtype=Float64),
+        Field(name="pair_plays_elsewhere_since_last", dtype=Float64),
+        Field(name="pair_dry_spell_logp_28d", dtype=Float64),
+    ],
+    mode="pandas",
+    description=(
+        "A listener x item pair relative to the time of the read, null for a pair never played "
+        "(or closed over a year ago). pair_days_since_last_play: days since the last play, "
+        "1-28, 29 once closed; pair_days_since_first_play_28d: days since the first play in 28 "
+        "days, null once closed; pair_plays_per_day_28d: pair_plays_28d / that, 0 once closed; "
+        "pair_share_28d: the item's share of the listener's 28-day plays (0 if none); "
+        "pair_plays_elsewhere_since_last: the listener's plays of other items on the days after "
+        "this item's last play (until it closed); pair_dry_spell_logp_28d: log P(dry spell) = "
+        "plays elsewhere since last * log(1 - min(pair_share_28d, 0.95))."
+    ),
+)
+def listener_item_relative(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast runs this function from its source text: it may use only its own imports.
+    import numpy as np
+    import pandas as pd
+
+    from training.core.constants import CONTENT_TYPES, LONG_WINDOW_DAYS
+
+    def number(column: str) -> np.ndarray:
+        return pd.to_numeric(inputs[column]).to_numpy(dtype=np.float64, na_value=np.nan)
+
+    read_at = pd.to_datetime(inputs["event_timestamp"], utc=True)
+    today = ((read_at - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(days=1)).to_numpy(np.float64)
+    plays = number("pair_plays_28d")
+    closed = plays == 0
+    since_last = np.minimum(today - number("pair_last_play_day"), LONG_WINDOW_DAYS + 1)
+    since_first = today - number("pair_first_play_day_28d")
+    listener_plays = sum(number(f"plays_{LONG_WINDOW_DAYS}d_{kind}") for kind in CONTENT_TYPES)
+    share = np.where(listener_plays > 0, plays / np.maximum(listener_plays, 1), 0.0)
+    counter = np.where(closed, number("pair_listener_plays_at_close"), number("plays_to_date"))
+    elsewhere = counter - number("pair_listener_plays_through_last_play")
+    with np.errstate(invalid="ignore"):
+        per_day = np.where(np.isnan(since_first), 0.0, plays / since_first)
+    unknown = np.isnan(plays)
+    columns = {
+        "pair_days_since_last_play": since_last,
+        "pair_days_since_first_play_28d": since_first,
+        "pair_plays_per_day_28d": per_day,
+        "pair_share_28d": share,
+        "pair_plays_elsewhere_since_last": elsewhere,
+        "pair_dry_spell_logp_28d": elsewhere * np.log1p(-np.minimum(share, 0.95)),
+    }
+    return pd.DataFrame({name: np.where(unknown, np.nan, v) for name, v in columns.items()})
+
+
+def model_features(view: FeatureView, inputs: list[Field]):
+    """``view`` without the fields that only feed on-demand views."""
+    names = {field.name for field in inputs}
+    return view[[field.name for field in view.features if field.name not in names]]
+
+
 shortcuts_v1 = FeatureService(
     name="shortcuts_v1",
-    features=[listener_profile, item_stats, listener_item, listener_item_match],
+    features=[
+        model_features(listener_profile, [PLAYS_TO_DATE]),
+        item_stats,
+        model_features(listener_item, PAIR_HISTORY_FIELDS),
+        listener_item_relative,
+        listener_item_match,
+    ],
     description="The features of Shortcuts model v1: listener, item and their familiarity.",
 )
 
 shows_you_might_like_v1 = FeatureService(
     name="shows_you_might_like_v1",
-    features=[listener_profile, item_stats, listener_item, listener_item_match],
+    features=[
+        model_features(listener_profile, [PLAYS_TO_DATE]),
+        item_stats,
+        model_features(listener_item, PAIR_HISTORY_FIELDS),
+        listener_item_relative,
+        listener_item_match,
+    ],
     description=(
         "The features of Shows you might like model v1: listener, show and any familiarity."
     ),
@@ -523,6 +628,10 @@ shows_you_might_like_v1 = FeatureService(
 
 try_something_else_v1 = FeatureService(
     name="try_something_else_v1",
-    features=[listener_profile, item_stats, listener_item_match],
+    features=[
+        model_features(listener_profile, [PLAYS_TO_DATE]),
+        item_stats,
+        listener_item_match,
+    ],
     description="The features of Try something else model v1 (cold start): listener and playlist.",
 )

@@ -15,14 +15,17 @@ feature views, FeatureServices and on-demand views two cheaper ways:
   pairs): one batched ``online_read`` of Feast's online store per view (SQLite or Redis),
   values decoded as ``OnlineResponse`` decodes them.
 
-On-demand feature views run their own transformation on the assembled inputs. The
-parity test checks that :class:`FastOnlineReader` returns the values ``OnlineReader``
-(``get_online_features``) returns for the same rows.
+On-demand feature views run their own transformation on the assembled inputs; a request
+field (the read time of ``listener_item_relative``) is the snapshot's ``as_of``, the time
+the online store's values describe. The parity test checks that
+:class:`FastOnlineReader` returns the values ``OnlineReader`` (``get_online_features``)
+returns for the same rows.
 """
 
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,13 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
 
-from training.features.store import FeatureSelection, OnlineReader, aligned, feature_names
+from training.features.store import (
+    FeatureSelection,
+    OnlineReader,
+    aligned,
+    feature_names,
+    online_as_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +154,9 @@ class EntitySnapshot:
 
     version: str
     frames: dict[str, pd.DataFrame]
+    as_of: datetime
+    """The time the online store's values describe (``online_as_of`` at load): what
+    on-demand views relative to the read time see."""
 
     @classmethod
     def load(cls, store: FeatureStore) -> "EntitySnapshot":
@@ -169,7 +181,7 @@ class EntitySnapshot:
             frame.index = pd.Index(ids[keys[0]].astype(str), name=keys[0])
             frames[view.name] = frame
             logger.debug("snapshot of %s: %d ids", view.name, len(frame))
-        return cls(version, frames)
+        return cls(version, frames, online_as_of(store))
 
     def is_current(self, store: FeatureStore) -> bool:
         """False once a later materialization of a snapshotted view is registered."""
@@ -308,6 +320,9 @@ class FastOnlineReader:
         frame = frame.loc[:, ~frame.columns.duplicated()]
         for odfv in on_demand:
             inputs = frame.reset_index(drop=True)
+            for source in odfv.source_request_sources.values():
+                for request_field in source.schema:
+                    inputs[request_field.name] = self.snapshot.as_of
             outputs = odfv.feature_transformation.transform(inputs)
             outputs.index = frame.index
             frame = pd.concat([frame, outputs], axis=1)

@@ -12,9 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO_ROOT, SMALL_WORLD, project_settings
+from tests.pair_definitions import assert_pair_features_match, expected_pair_features
 from training.core.settings import Settings
 from training.features.store import (
     ForeignRegistryError,
+    OfflineReader,
     apply_definitions,
     materialize,
     open_store,
@@ -24,7 +26,7 @@ from training.features.tables import build_features
 from training.world.generator import generate_world
 
 PROFILE_FIELDS = ["plays_7d_show", "plays_28d_album", "days_since_last_play", "minutes_28d"]
-PAIR_FIELDS = ["pair_plays_28d", "pair_days_since_first_play_28d", "pair_days_since_last_play"]
+PAIR_FIELDS = ["pair_plays_28d", "pair_first_play_day_28d", "pair_last_play_day"]
 
 
 def offline_table(settings: Settings, name: str) -> pd.DataFrame:
@@ -97,6 +99,37 @@ def test_point_in_time_join_never_leaks_a_later_row(small_world_store: Settings)
     changed = at_edge[at_edge.next_plays_28d != at_edge.earlier].set_index("index")
     assert len(changed) > 5, "the sample should hold pairs whose count changes the next day"
     assert (got.loc[changed.index, "pair_plays_28d"] == changed.earlier).all()
+
+
+def test_pair_features_read_from_change_rows_equal_their_daily_definition(
+    small_world_store: Settings,
+):
+    """listener_item keeps a row only where a pair's values change; read point in time
+    (through the Shortcuts FeatureService, its on-demand view included), familiar pairs,
+    never-played pairs and times off the snapshot grid get the values the daily tables
+    had, worked out from the raw log."""
+    store = open_store(small_world_store)
+    events = pd.read_parquet(small_world_store.world_dir / "events.parquet")
+    items = pd.read_parquet(small_world_store.world_dir / "items.parquet")
+    pairs = offline_table(small_world_store, "listener_item").sample(1200, random_state=4)
+    rng = np.random.default_rng(4)
+    _, end = world_window(small_world_store)
+    offsets = pd.to_timedelta(rng.choice([0, 3_600, 86_399, 3 * 86_400, 20 * 86_400], 1200), "s")
+    entities = pd.DataFrame(
+        {
+            "listener_id": pairs.listener_id.to_numpy(),
+            "item_id": pairs.item_id.to_numpy(),
+            "event_timestamp": pairs.event_timestamp.reset_index(drop=True) + offsets,
+        }
+    )
+    strangers = entities.iloc[:200].assign(item_id=rng.permutation(items.item_id)[:200])
+    entities = pd.concat([entities, strangers], ignore_index=True)
+    entities = entities[entities.event_timestamp <= end].drop_duplicates(ignore_index=True)
+    service = store.get_feature_service("shortcuts_v1")
+    got = OfflineReader(store).read(service, entities)
+    want = expected_pair_features(events, items, entities)
+    assert want.pair_plays_28d.eq(0).sum() > 20, "the sample should hold closed pairs"
+    assert_pair_features_match(got, want)
 
 
 def assert_same_values(got: pd.Series, want: pd.Series) -> None:

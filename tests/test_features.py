@@ -5,11 +5,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from feast import FeatureStore
 
+from tests.conftest import project_settings
+from tests.pair_definitions import assert_pair_features_match, expected_pair_features
 from training.core.layout import WorldPaths, coerce_table, write_world_meta
+from training.core.settings import Settings
+from training.features.store import OfflineReader, apply_definitions
 from training.features.tables import build_features
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
+ZERO = pd.Timedelta(0)
+SECOND = pd.Timedelta(seconds=1)
 
 
 def at(day: int, hour: int) -> pd.Timestamp:
@@ -36,16 +43,21 @@ def write_world(root: Path, listeners, items, events, days: int) -> None:
     )
 
 
+WORLD_DAYS = 400
+"""Longer than a closing row's 365-day TTL, so the hand world shows its expiry."""
+
+
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory) -> dict[str, pd.DataFrame]:
-    """Two listeners, three items, six plays over a 40-day world.
+def hand_world(tmp_path_factory) -> Settings:
+    """Two listeners, three items, seven plays over a 400-day world, features built.
 
     L1 (old account): show_a on day 0 08:00 (10 of 20 min) and day 1 08:00 (20 min);
         album_b on day 1 20:00 (1 min) and day 8 21:00 (2 min).
-    L2 (signs up day 3 09:00): album_b day 3 10:00 (4 min); playlist_c day 6 18:00 (30 min).
+    L2 (signs up day 3 09:00): album_b day 3 10:00 (4 min) and again day 100 10:00;
+        playlist_c day 6 18:00 (30 min).
     playlist_c is released on day 5 and editorial in SE.
     """
-    root = tmp_path_factory.mktemp("hand")
+    root = tmp_path_factory.mktemp("hand") / "data"
     listeners = [
         {
             "listener_id": "L1",
@@ -98,11 +110,18 @@ def tables(tmp_path_factory) -> dict[str, pd.DataFrame]:
         ("L1", "album_b", at(8, 21), 120_000),
         ("L2", "album_b", at(3, 10), 240_000),
         ("L2", "playlist_c", at(6, 18), 1_800_000),
+        ("L2", "album_b", at(100, 10), 240_000),
     ]
-    write_world(root / "world", listeners, items, events, days=40)
-    build_features(root / "world", root / "features")
+    settings = project_settings(root)
+    write_world(settings.world_dir, listeners, items, events, days=WORLD_DAYS)
+    build_features(settings.world_dir, settings.features_dir)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def tables(hand_world: Settings) -> dict[str, pd.DataFrame]:
     return {
-        name: pd.read_parquet(root / "features" / f"{name}.parquet")
+        name: pd.read_parquet(hand_world.features_dir / f"{name}.parquet")
         for name in (
             "listener_profile",
             "item_stats",
@@ -171,54 +190,112 @@ def test_item_stats(tables):
     assert stats.loc[stats.item_id == "playlist_c", "event_timestamp"].min() == snapshot(6)
 
 
-def test_listener_item_familiarity_and_closing_row(tables):
-    pair = row(tables["listener_item"], snapshot(2), listener_id="L1", item_id="show_a")
+@pytest.fixture(scope="module")
+def hand_store(hand_world: Settings) -> FeatureStore:
+    """The Feast declarations applied to the hand world (offline reads only)."""
+    return apply_definitions(hand_world)
+
+
+def pair_features(store: FeatureStore, when: pd.Timestamp, listener: str, item: str) -> pd.Series:
+    """Shortcuts' model features of one listener x item pair read point in time at ``when``."""
+    entity = pd.DataFrame({"listener_id": [listener], "item_id": [item], "event_timestamp": [when]})
+    service = store.get_feature_service("shortcuts_v1")
+    return store.get_historical_features(entity_df=entity, features=service).to_df().iloc[0]
+
+
+def test_a_pair_has_rows_only_where_its_values_change(tables):
+    """show_a (L1, days 0 and 1) changes when a play enters (snapshots 1, 2) or leaves the
+    3-day (4, 5), 7-day (8, 9) and 28-day window (29, 30: the closing row), and only then."""
+    pairs = tables["listener_item"]
+    stamps = pairs.loc[(pairs.listener_id == "L1") & (pairs.item_id == "show_a"), "event_timestamp"]
+    assert list(stamps) == [snapshot(s) for s in (1, 2, 4, 5, 8, 9, 29, 30)]
+    closing = row(pairs, snapshot(30), listener_id="L1", item_id="show_a")
+    assert (closing.pair_plays_28d, closing.pair_plays_7d) == (0, 0)
+    assert pd.isna(closing.pair_first_play_day_28d)
+
+
+def test_listener_item_familiarity_and_closing_row(hand_store):
+    pair = pair_features(hand_store, snapshot(2), "L1", "show_a")
     assert (pair.pair_plays_7d, pair.pair_plays_28d) == (2, 2)
     assert pair.pair_days_since_last_play == 1
     assert pair.pair_share_28d == pytest.approx(2 / 3)
     assert pair.pair_minutes_28d == pytest.approx(30.0)
-    # show_a was last played on day 1: in the 28-day window up to snapshot 29, then one
-    # closing row at snapshot 30 with zero 28-day plays, then nothing.
-    pairs = tables["listener_item"]
-    stamps = pairs.loc[(pairs.listener_id == "L1") & (pairs.item_id == "show_a"), "event_timestamp"]
-    assert stamps.max() == snapshot(30)
-    closing = row(pairs, snapshot(30), listener_id="L1", item_id="show_a")
-    assert (closing.pair_plays_28d, closing.pair_plays_per_day_28d) == (0, 0.0)
-    assert closing.pair_days_since_last_play == 29
+    # Snapshot 3 has no row of its own: the join carries snapshot 2's counts forward and
+    # the on-demand view counts the days from the read time.
+    carried = pair_features(hand_store, snapshot(3), "L1", "show_a")
+    assert (carried.pair_plays_28d, carried.pair_days_since_last_play) == (2, 2)
+    # show_a was last played on day 1: its closing row at snapshot 30 has zero 28-day plays,
+    # and it reads the same 29 days since the last play from then on.
+    for when in (snapshot(30), snapshot(200)):
+        closing = pair_features(hand_store, when, "L1", "show_a")
+        assert (closing.pair_plays_28d, closing.pair_plays_per_day_28d) == (0, 0.0)
+        assert closing.pair_days_since_last_play == 29
 
 
-def test_pair_completion_and_the_dry_spell_since_the_last_play(tables):
+def test_a_closing_row_expires_with_its_ttl(hand_store):
+    """The closing row of show_a (snapshot 30) is carried for listener_item's 365-day TTL,
+    then the pair reads as never played (null)."""
+    ttl = pd.Timedelta(hand_store.get_feature_view("listener_item").ttl)
+    last_day = pair_features(hand_store, snapshot(30) + ttl, "L1", "show_a")
+    assert last_day.pair_days_since_last_play == 29
+    expired = pair_features(hand_store, snapshot(30) + ttl + SECOND, "L1", "show_a")
+    assert np.isnan(expired.pair_days_since_last_play) and pd.isna(expired.pair_plays_28d)
+
+
+def test_pair_completion_and_the_dry_spell_since_the_last_play(hand_store):
     """album_b (4 min) was played 1 and 2 minutes by L1 on days 1 and 8; show_a (20 min)
     10 and 20 minutes on days 0 and 1, then L1 played album_b on day 8."""
-    pairs = tables["listener_item"]
-    album = row(pairs, snapshot(9), listener_id="L1", item_id="album_b")
+    album = pair_features(hand_store, snapshot(9), "L1", "album_b")
     assert album.pair_completion_28d == pytest.approx((0.25 + 0.5) / 2)
     assert album.pair_completion_logit_28d == pytest.approx((np.log(1 / 3) + 0.0) / 2)
     assert album.pair_skip_share_28d == 0.0
     assert album.pair_plays_3d == 1  # days 6..8
     assert album.pair_plays_elsewhere_since_last == 0
-    show = row(pairs, snapshot(9), listener_id="L1", item_id="show_a")
+    show = pair_features(hand_store, snapshot(9), "L1", "show_a")
     assert show.pair_completion_28d == pytest.approx(0.75)
     assert show.pair_plays_elsewhere_since_last == 1  # album_b on day 8 (day 1's shares its day)
     assert show.pair_dry_spell_logp_28d == pytest.approx(np.log(1 - 2 / 4))
 
 
-def test_no_feature_looks_back_further_than_28_days(tables):
+def test_no_feature_looks_back_further_than_28_days(hand_store, tables):
     """ "First play" is the first in the last 28 days and a last play older than 28 days is
     null: a feature means the same however long the log behind it is (L1 played album_b
     on days 1 and 8)."""
-    pairs = tables["listener_item"]
-    early = row(pairs, snapshot(9), listener_id="L1", item_id="album_b")
+    early = pair_features(hand_store, snapshot(9), "L1", "album_b")
     assert early.pair_days_since_first_play_28d == 8
     assert early.pair_plays_per_day_28d == pytest.approx(2 / 8)
-    late = row(pairs, snapshot(30), listener_id="L1", item_id="album_b")
+    late = pair_features(hand_store, snapshot(30), "L1", "album_b")
     assert late.pair_days_since_first_play_28d == 22  # day 1 left the window: day 8 is first
     assert late.pair_plays_per_day_28d == pytest.approx(1 / 22)
-    closing = row(pairs, snapshot(37), listener_id="L1", item_id="album_b")
+    closing = pair_features(hand_store, snapshot(37), "L1", "album_b")
     assert closing.pair_plays_28d == 0 and np.isnan(closing.pair_days_since_first_play_28d)
     profile = tables["listener_profile"]
     assert row(profile, snapshot(36), listener_id="L1").days_since_last_play == 28
     assert np.isnan(row(profile, snapshot(37), listener_id="L1").days_since_last_play)
+
+
+def test_change_rows_read_back_as_the_daily_definition_on_every_day(hand_store, hand_world):
+    """Every listener x item pair (played or not) read point in time at every snapshot and
+    one second before it, over 400 days: around each change, after a closing row, after a
+    replay (L2's album_b on day 100) and past the TTL, the values equal the features'
+    definition worked out from the raw log."""
+    paths = WorldPaths(hand_world.world_dir)
+    events = pd.read_parquet(paths.events)
+    items = pd.read_parquet(paths.items)
+    times = [snapshot(s) + offset for s in range(1, WORLD_DAYS + 1) for offset in (ZERO, -SECOND)]
+    entities = pd.DataFrame(
+        [
+            (listener, item, when)
+            for listener in ("L1", "L2")
+            for item in items["item_id"]
+            for when in times
+        ],
+        columns=["listener_id", "item_id", "event_timestamp"],
+    )
+    got = OfflineReader(hand_store).read(hand_store.get_feature_service("shortcuts_v1"), entities)
+    want = expected_pair_features(events, items, entities)
+    assert want["pair_plays_28d"].notna().sum() > 100 and want["pair_plays_28d"].isna().any()
+    assert_pair_features_match(got, want)
 
 
 def test_candidate_inputs(tables):

@@ -320,7 +320,7 @@ def test_training_features_see_only_plays_before_the_snapshot(trained_world, nam
     assert (got == want).all(), f"{name} plays_7d_show: {(got != want).sum()} rows differ"
 
     tables = {
-        "listener_item": (pair, ["pair_plays_28d", "pair_days_since_last_play"]),
+        "listener_item": (pair, ["pair_plays_28d", "pair_minutes_28d"]),
         "listener_profile": (["listener_id"], ["plays_7d_show", "account_age_days"]),
         "item_stats": (["item_id"], ["item_listeners_7d", "item_plays_28d"]),
     }

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -266,11 +266,40 @@ class OfflineReader:
         return aligned(entities, result, keys, names)
 
 
-class OnlineReader:
-    """Latest values (``get_online_features``) for entity rows of join keys only."""
+READ_TIME = "event_timestamp"
+"""The request field of on-demand views relative to the time of a read: an entity row's
+time offline; online, the time the online store's values describe."""
 
-    def __init__(self, store: FeatureStore) -> None:
+
+def online_as_of(store: FeatureStore) -> datetime:
+    """The time the online store's values describe: its latest materialization end (now,
+    if it was never materialized: then it holds nothing and the time does not matter)."""
+    ends = [end for view in store.list_feature_views() for _, end in view.materialization_intervals]
+    return max(ends) if ends else datetime.now(UTC)
+
+
+def request_fields(store: FeatureStore, selection: FeatureSelection) -> set[str]:
+    """Names of the request fields the on-demand views in ``selection`` need."""
+    if isinstance(selection, FeatureService):
+        names = {projection.name for projection in selection.feature_view_projections}
+    else:
+        names = {reference.split(":", 1)[0] for reference in selection}
+    return {
+        field.name
+        for odfv in store.list_on_demand_feature_views()
+        if odfv.name in names
+        for source in odfv.source_request_sources.values()
+        for field in source.schema
+    }
+
+
+class OnlineReader:
+    """Latest values (``get_online_features``) for entity rows of join keys only; on-demand
+    views relative to the read time see ``as_of`` (default: ``online_as_of``)."""
+
+    def __init__(self, store: FeatureStore, as_of: datetime | None = None) -> None:
         self.store = store
+        self.as_of = as_of or online_as_of(store)
 
     def read(self, features: FeatureSelection, entities: pd.DataFrame) -> pd.DataFrame:
         names = feature_names(features)
@@ -278,7 +307,9 @@ class OnlineReader:
         unique = entities.dropna().drop_duplicates()
         if unique.empty:
             return pd.DataFrame(columns=names, index=entities.index)
-        result = self.store.get_online_features(
-            features=features, entity_rows=unique.to_dict("records")
-        ).to_df()
+        rows = unique.to_dict("records")
+        if READ_TIME in request_fields(self.store, features):
+            for row in rows:
+                row[READ_TIME] = self.as_of
+        result = self.store.get_online_features(features=features, entity_rows=rows).to_df()
         return aligned(entities, result, keys, names)

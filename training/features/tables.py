@@ -15,9 +15,9 @@ listener_profile       listener_id         activity by content type over 7/28 da
                                            account age, dayparts, top genres, market/platform
 item_stats             item_id             plays and unique listeners over 7/28 days,
                                            completion, trend, age, dayparts, public attributes
-listener_item          listener_id,        familiarity: plays over 3/7/28 days, first play,
-                       item_id             recency, share of the listener's plays, completion
-                                           and skips, plays of other items since (Shortcuts)
+listener_item          listener_id,        familiarity: plays over 3/7/28 days, completion and
+                       item_id             skips, days of the first and last play, play
+                                           counters (Shortcuts); a row only on change
 listener_familiar      listener_id         candidate input: the listener's familiar items
 item_neighbours        item_id             candidate input: co-listening neighbours per type
 segment_popular        segment_id          candidate input: popular items per market and age
@@ -25,15 +25,19 @@ market_editorial       market_id           candidate input: editorial picks per 
 =====================  ==================  ======================================================
 
 No feature looks back further than ``LONG_WINDOW_DAYS`` (28): "first play" means the first
-in the last 28 days, a last play older than that is null, and there are no all-time
-totals. A training snapshot taken after the warm-up (``HOMEREC_WARMUP_DAYS``, 28 by
-default) therefore sees as much history as a serving request at the end of a long log: a
-feature's distribution does not depend on the log's length (no skew, no false drift).
+in the last 28 days, a last play older than that is null, and no model feature is an
+all-time total (``plays_to_date`` is a counter read only as differences). A training
+snapshot taken after the warm-up (``HOMEREC_WARMUP_DAYS``, 28 by default) therefore sees
+as much history as a serving request at the end of a long log: a feature's distribution
+does not depend on the log's length (no skew, no false drift).
 
-``listener_item`` has a row for a pair at every snapshot where the pair was played in the
-last 28 days, plus one closing row (28-day counts zero) at the first snapshot after it
-stops; so the latest row of a pair (what the online store holds) always equals what a
-point-in-time join returns. ``item_neighbours`` is rebuilt every ``NEIGHBOUR_EVERY_DAYS``.
+``listener_item`` covers a pair at every snapshot where it was played in the last 28 days,
+plus one closing row (28-day counts zero) at the first snapshot after it stops, but writes
+a row only where one of its stored values changed: the point-in-time join carries the
+previous row forward to the others, and values relative to the read time are computed by
+the ``listener_item_relative`` on-demand view. The latest row of a pair (what the online
+store holds) is what a point-in-time join returns. ``item_neighbours`` is rebuilt every
+``NEIGHBOUR_EVERY_DAYS``.
 
 Everything is vectorized numpy over dense (entity x day) count arrays; listeners are
 processed in chunks so memory stays bounded for large worlds.
@@ -560,6 +564,7 @@ def _listener_profile_table(
         for w in WINDOWS:
             columns[f"plays_{w}d_{content_type}"] = _window(cum, w)[rows_l, rows_s].astype(np.int64)
     plays = _cumulative(_daily(local, day, n_listeners, n_days))
+    columns["plays_to_date"] = plays[rows_l, rows_s + 1]
     long_plays = _window(plays, LONG_WINDOW_DAYS)[rows_l, rows_s]
     active = _daily(local, day, n_listeners, n_days) > 0
     last = _last_day_before(active)[rows_l, rows_s]
@@ -626,44 +631,70 @@ def _pair_rows(long_plays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _listener_item_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> pa.Table:
+    """A pair's row at each snapshot where one of its stored values changed (see
+    ``_changed``): relative values (days since, share of the listener's plays, plays
+    elsewhere since) are not stored but computed at request time by the
+    ``listener_item_relative`` on-demand view from the day numbers and play counters here."""
     rows_p, rows_s = _pair_rows(pairs.long_plays)
     first = pairs.first_day_28d[rows_p, rows_s]
-    since_first = np.where(first >= 0, rows_s + 1 - first, np.nan)  # closing rows: none
-    listener_code = pairs.listener[rows_p] + chunk.first
     long_plays = pairs.long_plays[rows_p, rows_s]
     last = pairs.last_day[rows_p, rows_s]
     owner = pairs.listener[rows_p]
     listener_cum = _sum_per_listener(pairs.cum_plays, pairs.listener, chunk.stop - chunk.first)
-    total_listener = _window(listener_cum, LONG_WINDOW_DAYS)[owner, rows_s]
-    share = np.where(total_listener > 0, long_plays / np.maximum(total_listener, 1), 0.0)
-    elsewhere = listener_cum[owner, rows_s + 1] - listener_cum[owner, last + 1]
+    closed = long_plays == 0
 
     def mean_28d(cum: np.ndarray) -> np.ndarray:
         total = _window(cum, LONG_WINDOW_DAYS)[rows_p, rows_s]
         return np.where(long_plays > 0, total / np.maximum(long_plays, 1), np.nan)
 
-    return pa.table(
-        {
-            "listener_id": pa.array(
-                world.listeners["listener_id"].to_numpy(dtype=str)[listener_code]
-            ),
-            "item_id": pa.array(world.items["item_id"].to_numpy(dtype=str)[pairs.item[rows_p]]),
-            "event_timestamp": _timestamps(world, rows_s),
-            "pair_plays_7d": pairs.plays[SHORT_WINDOW_DAYS][rows_p, rows_s].astype(np.int64),
-            "pair_plays_28d": long_plays.astype(np.int64),
-            "pair_minutes_28d": _window(pairs.cum_ms, LONG_WINDOW_DAYS)[rows_p, rows_s] / 60_000.0,
-            "pair_days_since_last_play": (rows_s + 1 - last).astype(np.float64),
-            "pair_days_since_first_play_28d": since_first,
-            "pair_plays_per_day_28d": np.where(first >= 0, long_plays / since_first, 0.0),
-            "pair_share_28d": share,
-            "pair_plays_3d": pairs.plays[RECENT_DAYS][rows_p, rows_s].astype(np.int64),
-            "pair_completion_28d": mean_28d(pairs.cum_completion),
-            "pair_completion_logit_28d": mean_28d(pairs.cum_logit),
-            "pair_skip_share_28d": mean_28d(pairs.cum_skips),
-            "pair_plays_elsewhere_since_last": elsewhere.astype(np.int64),
-            "pair_dry_spell_logp_28d": elsewhere * np.log1p(-np.minimum(share, 0.95)),
-        }
-    )
+    stored = {
+        "pair_plays_7d": pairs.plays[SHORT_WINDOW_DAYS][rows_p, rows_s].astype(np.int64),
+        "pair_plays_28d": long_plays.astype(np.int64),
+        "pair_minutes_28d": _window(pairs.cum_ms, LONG_WINDOW_DAYS)[rows_p, rows_s] / 60_000.0,
+        "pair_plays_3d": pairs.plays[RECENT_DAYS][rows_p, rows_s].astype(np.int64),
+        "pair_completion_28d": mean_28d(pairs.cum_completion),
+        "pair_completion_logit_28d": mean_28d(pairs.cum_logit),
+        "pair_skip_share_28d": mean_28d(pairs.cum_skips),
+        "pair_last_play_day": _epoch_days(world, last),
+        "pair_first_play_day_28d": _epoch_days(world, first),
+        "pair_listener_plays_through_last_play": listener_cum[owner, last + 1],
+        "pair_listener_plays_at_close": listener_cum[owner, rows_s + 1],
+    }
+    nulls = {"pair_first_play_day_28d": first < 0, "pair_listener_plays_at_close": ~closed}
+    for name, null in nulls.items():
+        stored[name] = np.where(null, 0, stored[name])  # so a null compares equal to a null
+    keep = _changed(rows_p, rows_s, [*stored.values(), *nulls.values()])
+    rows_p, rows_s = rows_p[keep], rows_s[keep]
+    listener_code = pairs.listener[rows_p] + chunk.first
+    columns: dict[str, pa.Array] = {
+        "listener_id": pa.array(world.listeners["listener_id"].to_numpy(dtype=str)[listener_code]),
+        "item_id": pa.array(world.items["item_id"].to_numpy(dtype=str)[pairs.item[rows_p]]),
+        "event_timestamp": _timestamps(world, rows_s),
+    }
+    for name, values in stored.items():
+        null = nulls.get(name)
+        columns[name] = pa.array(values[keep], mask=None if null is None else null[keep])
+    return pa.table(columns)
+
+
+def _epoch_days(world: EncodedWorld, day_index: np.ndarray) -> np.ndarray:
+    """UTC day numbers (days since 1970-01-01) of the world's day indices."""
+    return (world.start.value // DAY.value + day_index).astype(np.int64)
+
+
+def _changed(entity: np.ndarray, snapshot: np.ndarray, values: list[np.ndarray]) -> np.ndarray:
+    """Which rows (sorted by entity, then snapshot) start an entity's run of rows or carry a
+    value (NaN equal to NaN) other than its row at the snapshot before. The rest repeat the
+    previous day exactly, so a point-in-time join carries the previous row forward to them."""
+    follows = np.zeros(len(entity), dtype=bool)
+    follows[1:] = (entity[1:] == entity[:-1]) & (snapshot[1:] == snapshot[:-1] + 1)
+    repeats = follows.copy()
+    for column in values:
+        same = column[1:] == column[:-1]
+        if column.dtype.kind == "f":
+            same |= np.isnan(column[1:]) & np.isnan(column[:-1])
+        repeats[1:] &= same
+    return ~repeats
 
 
 def _listener_familiar_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> pa.Table:

@@ -78,8 +78,10 @@ RECENT_DAYS = 3
 """The shortest play-count window of a pair (a listener's current rotation)."""
 SKIP_COMPLETION = 0.15
 """A play that ended before this share of the item is a skip."""
-CELLS_PER_CHUNK = 40_000_000
-"""Upper bound on (pairs x days) cells of one listener chunk's dense arrays."""
+CELLS_PER_CHUNK = 3_000_000
+"""Upper bound on (pairs x days) cells of one listener chunk's dense arrays (about ten
+arrays of 8 bytes a cell). Measured on a 100k-event, 215-day log: 40M cells peaked at
+2.9 GB in 16 s, 3M at 0.72 GB in 10 s (smaller arrays stay in cache); 1.5M was slower."""
 
 
 def segment_ids(market: pd.Series, age_bucket: pd.Series | str) -> pd.Series:

@@ -312,9 +312,12 @@ listener_item = FeatureView(
 
 listener_familiar = FeatureView(
     name="listener_familiar",
-    description="Candidate input: a listener's familiar items, most played in 28 days first.",
+    description=(
+        "Candidate input: a listener's familiar items, most played in 28 days first. A row at "
+        "signup and where the list changes; the point-in-time join carries it forward."
+    ),
     entities=[listener],
-    ttl=timedelta(days=2),
+    ttl=timedelta(days=365),
     schema=[
         Field(
             name="familiar_items",

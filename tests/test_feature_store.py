@@ -12,7 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO_ROOT, SMALL_WORLD, project_settings
-from tests.pair_definitions import assert_pair_features_match, expected_pair_features
+from tests.feature_definitions import (
+    assert_pair_features_match,
+    daily_plays,
+    expected_pair_features,
+    familiar_list,
+)
 from training.core.settings import Settings
 from training.features.store import (
     ForeignRegistryError,
@@ -132,6 +137,33 @@ def test_pair_features_read_from_change_rows_equal_their_daily_definition(
     assert_pair_features_match(got, want)
 
 
+def test_familiar_lists_read_from_change_rows_equal_the_daily_lists(small_world_store: Settings):
+    """listener_familiar keeps a row at signup and where a listener's list changes; read
+    point in time on any day (and between snapshots), a listener's familiar items and
+    their 28-day plays are the daily list worked out from the raw log."""
+    store = open_store(small_world_store)
+    events = daily_plays(pd.read_parquet(small_world_store.world_dir / "events.parquet"))
+    profile = offline_table(small_world_store, "listener_profile").sample(1500, random_state=5)
+    rng = np.random.default_rng(5)
+    offsets = pd.to_timedelta(rng.choice([0, 3_600, 86_399], len(profile)), "s")
+    _, end = world_window(small_world_store)
+    entities = pd.DataFrame(
+        {
+            "listener_id": profile.listener_id.to_numpy(),
+            "event_timestamp": profile.event_timestamp.reset_index(drop=True) + offsets,
+        }
+    )
+    entities = entities[entities.event_timestamp <= end].reset_index(drop=True)
+    got = OfflineReader(store).read(
+        ["listener_familiar:familiar_items", "listener_familiar:familiar_plays_28d"], entities
+    )
+    by_listener = dict(iter(events.groupby("listener_id")))
+    for row, (listener, when) in enumerate(entities.itertuples(index=False)):
+        items, plays = familiar_list(by_listener.get(listener, events.iloc[:0]), when)
+        assert list(got.familiar_items.iloc[row]) == items, (listener, when)
+        assert list(got.familiar_plays_28d.iloc[row]) == plays, (listener, when)
+
+
 def assert_same_values(got: pd.Series, want: pd.Series) -> None:
     """Equal values in order (NaN equals NaN), whatever the index or integer width."""
     pd.testing.assert_series_equal(
@@ -159,10 +191,8 @@ def assert_online_equals_offline(settings: Settings) -> None:
     for name in [*PROFILE_FIELDS, "market"]:
         assert_same_values(online[name], latest[name])
     assert [list(v) for v in online.top_genres_28d] == [list(v) for v in latest.top_genres_28d]
-    familiar = offline_table(settings, "listener_familiar").set_index(
-        ["listener_id", "event_timestamp"]
-    )
-    want = familiar.loc[[(lid, end) for lid in latest.listener_id]]
+    familiar = offline_table(settings, "listener_familiar").sort_values("event_timestamp")
+    want = familiar.groupby("listener_id").tail(1).set_index("listener_id").loc[latest.listener_id]
     assert [list(v) for v in online.familiar_items] == [list(v) for v in want.familiar_items]
     assert [list(v) for v in online.familiar_plays_28d] == [
         list(v) for v in want.familiar_plays_28d

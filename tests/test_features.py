@@ -8,7 +8,12 @@ import pytest
 from feast import FeatureStore
 
 from tests.conftest import project_settings
-from tests.pair_definitions import assert_pair_features_match, expected_pair_features
+from tests.feature_definitions import (
+    assert_pair_features_match,
+    daily_plays,
+    expected_pair_features,
+    familiar_list,
+)
 from training.core.layout import WorldPaths, coerce_table, write_world_meta
 from training.core.settings import Settings
 from training.features.store import OfflineReader, apply_definitions
@@ -49,12 +54,15 @@ WORLD_DAYS = 400
 
 @pytest.fixture(scope="module")
 def hand_world(tmp_path_factory) -> Settings:
-    """Two listeners, three items, seven plays over a 400-day world, features built.
+    """Three listeners, three items, ten plays over a 400-day world, features built.
 
     L1 (old account): show_a on day 0 08:00 (10 of 20 min) and day 1 08:00 (20 min);
         album_b on day 1 20:00 (1 min) and day 8 21:00 (2 min).
     L2 (signs up day 3 09:00): album_b day 3 10:00 (4 min) and again day 100 10:00;
         playlist_c day 6 18:00 (30 min).
+    L3 (old account): show_a on days 10 and 38, playlist_c on day 15: at snapshot 39 one
+        show_a play leaves the 28-day window as another enters, so no count changes but
+        show_a becomes the most recent of two items with one play each.
     playlist_c is released on day 5 and editorial in SE.
     """
     root = tmp_path_factory.mktemp("hand") / "data"
@@ -72,6 +80,13 @@ def hand_world(tmp_path_factory) -> Settings:
             "age_bucket": "18-24",
             "platform": "web",
             "signup_at": at(3, 9),
+        },
+        {
+            "listener_id": "L3",
+            "market": "SE",
+            "age_bucket": "25-34",
+            "platform": "android",
+            "signup_at": START - pd.Timedelta(days=50),
         },
     ]
     items = [
@@ -110,6 +125,9 @@ def hand_world(tmp_path_factory) -> Settings:
         ("L1", "album_b", at(8, 21), 120_000),
         ("L2", "album_b", at(3, 10), 240_000),
         ("L2", "playlist_c", at(6, 18), 1_800_000),
+        ("L3", "show_a", at(10, 7), 1_200_000),
+        ("L3", "playlist_c", at(15, 7), 1_800_000),
+        ("L3", "show_a", at(38, 7), 1_200_000),
         ("L2", "album_b", at(100, 10), 240_000),
     ]
     settings = project_settings(root)
@@ -278,7 +296,7 @@ def test_change_rows_read_back_as_the_daily_definition_on_every_day(hand_store, 
     """Every listener x item pair (played or not) read point in time at every snapshot and
     one second before it, over 400 days: around each change, after a closing row, after a
     replay (L2's album_b on day 100) and past the TTL, the values equal the features'
-    definition worked out from the raw log."""
+    definition worked out from the raw log; so does each listener's familiar list."""
     paths = WorldPaths(hand_world.world_dir)
     events = pd.read_parquet(paths.events)
     items = pd.read_parquet(paths.items)
@@ -286,16 +304,30 @@ def test_change_rows_read_back_as_the_daily_definition_on_every_day(hand_store, 
     entities = pd.DataFrame(
         [
             (listener, item, when)
-            for listener in ("L1", "L2")
+            for listener in ("L1", "L2", "L3")
             for item in items["item_id"]
             for when in times
         ],
         columns=["listener_id", "item_id", "event_timestamp"],
     )
-    got = OfflineReader(hand_store).read(hand_store.get_feature_service("shortcuts_v1"), entities)
+    reader = OfflineReader(hand_store)
+    got = reader.read(hand_store.get_feature_service("shortcuts_v1"), entities)
     want = expected_pair_features(events, items, entities)
     assert want["pair_plays_28d"].notna().sum() > 100 and want["pair_plays_28d"].isna().any()
     assert_pair_features_match(got, want)
+    # And each listener's familiar list, from their signup on.
+    plays = daily_plays(events)
+    for listener, signup in (("L1", snapshot(1)), ("L2", snapshot(4)), ("L3", snapshot(1))):
+        when = pd.Series([t for t in times if t >= signup])
+        lists = reader.read(
+            ["listener_familiar:familiar_items", "listener_familiar:familiar_plays_28d"],
+            pd.DataFrame({"listener_id": listener, "event_timestamp": when}),
+        )
+        mine = plays[plays["listener_id"] == listener]
+        for at, items, counts in zip(
+            when, lists["familiar_items"], lists["familiar_plays_28d"], strict=True
+        ):
+            assert (list(items), list(counts)) == familiar_list(mine, at), (listener, at)
 
 
 def test_candidate_inputs(tables):

@@ -18,7 +18,8 @@ item_stats             item_id             plays and unique listeners over 7/28 
 listener_item          listener_id,        familiarity: plays over 3/7/28 days, completion and
                        item_id             skips, days of the first and last play, play
                                            counters (Shortcuts); a row only on change
-listener_familiar      listener_id         candidate input: the listener's familiar items
+listener_familiar      listener_id         candidate input: the listener's familiar items;
+                                           a row only on change
 item_neighbours        item_id             candidate input: co-listening neighbours per type
 segment_popular        segment_id          candidate input: popular items per market and age
 market_editorial       market_id           candidate input: editorial picks per market
@@ -421,8 +422,10 @@ class _ItemAccumulators:
     """Per-item and per-segment counts gathered across listener chunks."""
 
     listeners_by_window: dict[int, np.ndarray]  # window -> (items x snapshots) unique listeners
-    segment_listeners: np.ndarray  # (snapshots x segments x items) unique listeners, short window
-    segment_new_listeners: np.ndarray  # the same for new listeners, long window
+    # (snapshot x segments + segment) x items unique listeners, short window; sparse: most
+    # items reach few segments on a given day, and a dense array grows with items x days
+    segment_listeners: sparse.csr_matrix
+    segment_new_listeners: sparse.csr_matrix  # the same for new listeners, long window
     colisten_pairs: list[np.ndarray]  # (listener, item, snapshot index) active in long window
     segments: pd.Index
 
@@ -431,12 +434,11 @@ class _ItemAccumulators:
         shape = (len(world.items), world.n_days)
         own, market = _listener_segments(world.listeners)
         segments = pd.Index(np.union1d(own, market))
+        segment_shape = (world.n_days * len(segments), len(world.items))
         return cls(
             listeners_by_window={w: np.zeros(shape, np.int64) for w in WINDOWS},
-            segment_listeners=np.zeros((world.n_days, len(segments), len(world.items)), np.int32),
-            segment_new_listeners=np.zeros(
-                (world.n_days, len(segments), len(world.items)), np.int32
-            ),
+            segment_listeners=sparse.csr_matrix(segment_shape, dtype=np.int64),
+            segment_new_listeners=sparse.csr_matrix(segment_shape, dtype=np.int64),
             colisten_pairs=[],
             segments=segments,
         )
@@ -702,12 +704,25 @@ def _changed(entity: np.ndarray, snapshot: np.ndarray, values: list[np.ndarray])
 def _listener_familiar_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) -> pa.Table:
     """Familiar items per (listener, snapshot): every item played in the last 28 days, most
     played first, then most recent. The whole list, so discovery shelves can exclude all of
-    it; Shortcuts takes the head of it."""
+    it; Shortcuts takes the head of it. A listener has a row at signup and where the list
+    changes: where one of their pairs is played or its 28-day plays change (a play leaving
+    the window), as a play can enter and another leave on the same day."""
     rows_l, rows_s = _listener_rows(world, chunk)
-    n_days = world.n_days
-    row_of = np.full((chunk.stop - chunk.first, n_days), -1, np.int64)
-    row_of[rows_l, rows_s] = np.arange(len(rows_l))
+    n_days, n_listeners = world.n_days, chunk.stop - chunk.first
     long_plays, item = pairs.long_plays, pairs.item
+    moved = np.zeros(long_plays.shape, dtype=bool)
+    moved[:, 0] = long_plays[:, 0] > 0
+    moved[:, 1:] = (long_plays[:, 1:] != long_plays[:, :-1]) | (
+        pairs.last_day[:, 1:] != pairs.last_day[:, :-1]
+    )
+    listener_moved = np.zeros((n_listeners, n_days), dtype=np.int64)
+    p, s = np.nonzero(moved)
+    listener_moved[pairs.listener[p], s] = 1
+    version = np.cumsum(listener_moved, axis=1)[rows_l, rows_s]
+    keep = _changed(rows_l, rows_s, [version])
+    rows_l, rows_s = rows_l[keep], rows_s[keep]
+    row_of = np.full((n_listeners, n_days), -1, np.int64)
+    row_of[rows_l, rows_s] = np.arange(len(rows_l))
     p, s = np.nonzero(long_plays > 0)
     owner = row_of[pairs.listener[p], s]
     valid = owner >= 0
@@ -750,19 +765,23 @@ def _accumulate_item_counts(
         ).reshape(n_items, n_days)
     listeners = world.listeners.iloc[chunk.first : chunk.stop]
     own, market = (acc.segments.get_indexer(ids) for ids in _listener_segments(listeners))
-    p, s = np.nonzero(plays[SHORT_WINDOW_DAYS] > 0)
-    for segment_of_listener in (own, market):
-        np.add.at(
-            acc.segment_listeners, (s, segment_of_listener[pair_listener[p]], pair_item[p]), 1
+    n_segments = len(acc.segments)
+
+    def per_segment(p: np.ndarray, s: np.ndarray) -> sparse.csr_matrix:
+        """Listener counts of the active cells (p, s) in both segments of their listener."""
+        rows = np.concatenate(
+            [s * n_segments + segment[pair_listener[p]] for segment in (own, market)]
         )
+        items = np.tile(pair_item[p], 2)
+        return sparse.csr_matrix(
+            (np.ones(len(rows), np.int64), (rows, items)), shape=acc.segment_listeners.shape
+        )
+
+    acc.segment_listeners += per_segment(*np.nonzero(plays[SHORT_WINDOW_DAYS] > 0))
     signup = world.listeners["signup_day"].to_numpy()[chunk.first : chunk.stop]
     p, s = np.nonzero(plays[LONG_WINDOW_DAYS] > 0)
     new = s + 1 - signup[pair_listener[p]] <= NEW_LISTENER_DAYS
-    p, s = p[new], s[new]
-    for segment_of_listener in (own, market):
-        np.add.at(
-            acc.segment_new_listeners, (s, segment_of_listener[pair_listener[p]], pair_item[p]), 1
-        )
+    acc.segment_new_listeners += per_segment(p[new], s[new])
     sampled = _colisten_sample(pair_listener + chunk.first, len(world.listeners))
     p, s = np.nonzero((plays[LONG_WINDOW_DAYS] > 0) & sampled[:, None])
     keep = np.isin(s, _neighbour_snapshots(n_days))
@@ -846,9 +865,8 @@ def _segment_popular_table(world: EncodedWorld, acc: _ItemAccumulators) -> pa.Ta
         ("popular", acc.segment_listeners, "listeners_7d"),
         ("popular_new", acc.segment_new_listeners, "listeners_28d"),
     ):
-        s, segment, item = np.nonzero(counts)
-        owner = s * n_segments + segment
-        count = counts[s, segment, item]
+        cells = counts.tocoo()
+        owner, item, count = cells.row, cells.col, cells.data
         for content_type, offsets, kept in _top_per_type(
             world, owner, item, -count, world.n_days * n_segments, POPULAR_PER_TYPE
         ):

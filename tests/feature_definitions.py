@@ -1,7 +1,8 @@
-"""listener_item's features worked out from the raw log, row by row, as the daily tables
-defined them: a pair had a row at every snapshot while played in the last 28 days and one
-closing row after, carried forward by the 365-day TTL. Tests compare what Feast returns
-from the change-only tables and the on-demand view with these values."""
+"""listener_item's features and listener_familiar's lists worked out from the raw log, row
+by row, as the daily tables defined them (a pair had a row at every snapshot while played
+in the last 28 days and one closing row after, carried forward by the 365-day TTL; a
+listener had a familiar list every day). Tests compare what Feast returns from the
+change-only tables (and the on-demand view) with these values."""
 
 import numpy as np
 import pandas as pd
@@ -80,6 +81,25 @@ def pair_values(listener_plays: pd.DataFrame, item: str, when: pd.Timestamp) -> 
     }
 
 
+def familiar_list(listener_plays: pd.DataFrame, when: pd.Timestamp) -> tuple[list, list]:
+    """(items, 28-day plays) the listener played in the 28 days before ``when``'s day: most
+    plays first, then the most recently played, then by item id."""
+    today = (when.floor("D") - pd.Timestamp(0, tz="UTC")) // DAY
+    recent = listener_plays[
+        (listener_plays["day"] < today) & (listener_plays["day"] >= today - WINDOW)
+    ]
+    stats = recent.groupby("item_id").agg(plays=("day", "size"), last=("day", "max"))
+    stats = stats.reset_index().sort_values(
+        ["plays", "last", "item_id"], ascending=[False, False, True]
+    )
+    return stats["item_id"].tolist(), stats["plays"].tolist()
+
+
+def daily_plays(events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` with their UTC day number (``day``)."""
+    return events.assign(day=(events["timestamp"].dt.floor("D") - pd.Timestamp(0, tz="UTC")) // DAY)
+
+
 def expected_pair_features(
     events: pd.DataFrame, items: pd.DataFrame, entities: pd.DataFrame
 ) -> pd.DataFrame:
@@ -88,8 +108,7 @@ def expected_pair_features(
     ``events``: listener_id, item_id, timestamp, ms_played; ``items``: item_id, duration_ms.
     """
     duration = items.set_index("item_id")["duration_ms"].astype(float)
-    plays = events.assign(
-        day=(events["timestamp"].dt.floor("D") - pd.Timestamp(0, tz="UTC")) // DAY,
+    plays = daily_plays(events).assign(
         completion=np.minimum(
             events["ms_played"] / np.maximum(events["item_id"].map(duration), 1.0), 1.0
         ),

@@ -71,7 +71,7 @@ def run_stage(stage: str, data_dir: Path, listeners: int, days: int) -> dict:
             )
             result["shelves"][shelf.name] = {
                 "seconds": round(time.perf_counter() - begun, 1),
-                "rows": len(training_set.rows),
+                "rows": {window: len(rows) for window, rows in training_set.rows.items()},
             }
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

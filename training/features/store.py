@@ -266,11 +266,6 @@ class OfflineReader:
         return aligned(entities, result, keys, names)
 
 
-READ_TIME = "event_timestamp"
-"""The request field of on-demand views relative to the time of a read: an entity row's
-time offline; online, the time the online store's values describe."""
-
-
 def online_as_of(store: FeatureStore) -> datetime:
     """The time the online store's values describe: its latest materialization end (now,
     if it was never materialized: then it holds nothing and the time does not matter)."""
@@ -294,8 +289,9 @@ def request_fields(store: FeatureStore, selection: FeatureSelection) -> set[str]
 
 
 class OnlineReader:
-    """Latest values (``get_online_features``) for entity rows of join keys only; on-demand
-    views relative to the read time see ``as_of`` (default: ``online_as_of``)."""
+    """Latest values (``get_online_features``) for entity rows of join keys only; the
+    request fields of on-demand views (the read time) are ``as_of`` (default:
+    ``online_as_of``), as in serving's fast reader."""
 
     def __init__(self, store: FeatureStore, as_of: datetime | None = None) -> None:
         self.store = store
@@ -307,9 +303,7 @@ class OnlineReader:
         unique = entities.dropna().drop_duplicates()
         if unique.empty:
             return pd.DataFrame(columns=names, index=entities.index)
-        rows = unique.to_dict("records")
-        if READ_TIME in request_fields(self.store, features):
-            for row in rows:
-                row[READ_TIME] = self.as_of
+        read_time = dict.fromkeys(request_fields(self.store, features), self.as_of)
+        rows = [{**row, **read_time} for row in unique.to_dict("records")]
         result = self.store.get_online_features(features=features, entity_rows=rows).to_df()
         return aligned(entities, result, keys, names)

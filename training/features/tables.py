@@ -40,8 +40,9 @@ the ``listener_item_relative`` on-demand view. The latest row of a pair (what th
 store holds) is what a point-in-time join returns. ``item_neighbours`` is rebuilt every
 ``NEIGHBOUR_EVERY_DAYS``.
 
-Everything is vectorized numpy over dense (entity x day) count arrays; listeners are
-processed in chunks so memory stays bounded for large worlds.
+Everything is vectorized numpy over dense (entity x day) count arrays (sparse for the
+segment x item counts); listeners are processed in chunks so memory stays bounded for
+large worlds.
 """
 
 import logging
@@ -710,8 +711,7 @@ def _listener_familiar_table(world: EncodedWorld, chunk: _Chunk, pairs: _Pairs) 
     rows_l, rows_s = _listener_rows(world, chunk)
     n_days, n_listeners = world.n_days, chunk.stop - chunk.first
     long_plays, item = pairs.long_plays, pairs.item
-    moved = np.zeros(long_plays.shape, dtype=bool)
-    moved[:, 0] = long_plays[:, 0] > 0
+    moved = np.zeros(long_plays.shape, dtype=bool)  # a listener's first row is kept anyway
     moved[:, 1:] = (long_plays[:, 1:] != long_plays[:, :-1]) | (
         pairs.last_day[:, 1:] != pairs.last_day[:, :-1]
     )

@@ -23,8 +23,10 @@ returns for the same rows.
 """
 
 import logging
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,6 @@ from feast.value_type import ValueType
 from training.features.store import (
     FeatureSelection,
     OnlineReader,
-    aligned,
     feature_names,
     online_as_of,
 )
@@ -145,15 +146,55 @@ def _source_ids(view: FeatureView, repo_path: Path) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class EntitySnapshot:
-    """In-memory online values of the views not keyed by the listener.
+class SnapshotView:
+    """One snapshotted view in memory: entity id -> row of every feature's array."""
 
-    ``frames[view]`` holds one row per entity id (indexed by the view's join key) with
-    every feature of the view, as ``get_online_features`` returned it.
-    """
+    index: dict[str, int]
+    columns: "Columns"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays and of the list and string values they hold."""
+        total = sum(sys.getsizeof(key) + 8 for key in self.index)
+        for column in self.columns.values():
+            total += column.nbytes
+            if column.dtype == object:
+                total += sum(_value_bytes(value) for value in column)
+        return total
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, list | tuple):
+        return sys.getsizeof(value) + sum(sys.getsizeof(v) for v in value)
+    return sys.getsizeof(value)
+
+
+def _snapshot_view(view: FeatureView, reader: OnlineReader, ids: pd.DataFrame) -> SnapshotView:
+    """Every feature of ``view`` for the entity ``ids``, read with ``get_online_features``."""
+    (key,) = _join_keys(view)
+    references = [f"{view.name}:{feature.name}" for feature in view.features]
+    parts = [
+        reader.read(references, ids.iloc[start : start + SNAPSHOT_BATCH])
+        for start in range(0, len(ids), SNAPSHOT_BATCH)
+    ]
+    frame = pd.concat(parts) if parts else pd.DataFrame(columns=feature_names(references))
+    columns = {
+        feature.name: _column(frame[feature.name].tolist(), str(feature.dtype) in NUMERIC_TYPES)
+        for feature in view.features
+    }
+    index = {str(entity): row for row, entity in enumerate(ids[key])}
+    return SnapshotView(index, columns)
+
+
+@dataclass(frozen=True)
+class EntitySnapshot:
+    """In-memory online values of the views not keyed by the listener, as arrays.
+
+    ``views[view]`` holds every feature of the view for every entity id of its offline
+    source, as ``get_online_features`` returned them (numbers as float64)."""
 
     version: str
-    frames: dict[str, pd.DataFrame]
+    views: dict[str, SnapshotView]
     as_of: datetime
     """The time the online store's values describe (``online_as_of`` at load): what
     on-demand views relative to the read time see."""
@@ -166,39 +207,38 @@ class EntitySnapshot:
         version = snapshot_version(store, [view.name for view in views])
         reader = OnlineReader(store)
         repo_path = Path(store.repo_path)
-        frames: dict[str, pd.DataFrame] = {}
+        arrays: dict[str, SnapshotView] = {}
         for view in views:
             keys = _join_keys(view)
             if len(keys) != 1:
                 raise ValueError(f"view {view.name!r}: snapshots need one join key, got {keys}")
-            ids = _source_ids(view, repo_path)
-            references = [f"{view.name}:{feature.name}" for feature in view.features]
-            parts = [
-                reader.read(references, ids.iloc[start : start + SNAPSHOT_BATCH])
-                for start in range(0, len(ids), SNAPSHOT_BATCH)
-            ]
-            frame = pd.concat(parts) if parts else pd.DataFrame(columns=feature_names(references))
-            frame.index = pd.Index(ids[keys[0]].astype(str), name=keys[0])
-            frames[view.name] = frame
-            logger.debug("snapshot of %s: %d ids", view.name, len(frame))
-        return cls(version, frames, online_as_of(store))
+            arrays[view.name] = _snapshot_view(view, reader, _source_ids(view, repo_path))
+            logger.debug("snapshot of %s: %d ids", view.name, len(arrays[view.name].index))
+        return cls(version, arrays, online_as_of(store))
+
+    @cached_property
+    def nbytes(self) -> int:
+        """Memory the snapshot's values take in this process (list and string values
+        counted; measured once)."""
+        return sum(view.nbytes for view in self.views.values())
 
     def is_current(self, store: FeatureStore) -> bool:
         """False once a later materialization of a snapshotted view is registered."""
         store.refresh_registry()
-        return snapshot_version(store, self.frames) == self.version
+        return snapshot_version(store, self.views) == self.version
 
-    def rows(self, view: str, features: list[str], ids: pd.Series) -> pd.DataFrame:
-        """``features`` of ``view`` for each id. An id the snapshot lacks gets what Feast
-        gives a missing entity: None in object columns (lists, strings), NaN in numbers."""
-        frame = self.frames[view]
-        result = frame[features].reindex(ids.astype(str).to_numpy())
-        result.index = ids.index
-        unknown = ~ids.astype(str).isin(frame.index).to_numpy()
-        if unknown.any():
-            for name in result.columns[result.dtypes.map(pd.api.types.is_object_dtype)]:
-                result[name] = result[name].where(~unknown, None)
-        return result
+    def columns(self, view: str, features: list[str], ids: Sequence[Any]) -> "Columns":
+        """``features`` of ``view`` for each id: NaN (numbers) or None (lists, strings)
+        for an id the snapshot lacks, as Feast gives a missing entity."""
+        snapshot = self.views[view]
+        rows = np.array(
+            [snapshot.index.get(str(i), -1) if i is not None else -1 for i in ids], dtype=np.intp
+        )
+        return {name: _taken(snapshot.columns[name], rows) for name in features}
+
+    def row_of(self, view: str, entity_id: str) -> int:
+        """The snapshot row of ``entity_id`` in ``view``, or -1."""
+        return self.views[view].index.get(entity_id, -1)
 
 
 # --------------------------------------------------------------------------- the reader
@@ -212,6 +252,14 @@ _SCALARS = frozenset(
     ("int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val")
 )
 """Value kinds decoded by plain attribute access (as Feast decodes them, faster)."""
+
+NUMERIC_TYPES = frozenset(("Int32", "Int64", "Float32", "Float64"))
+"""Feast dtypes read as float64 columns (NaN when missing); the others as objects."""
+
+Columns = dict[str, np.ndarray]
+"""Feature name -> one value per entity row."""
+EntityColumns = Mapping[str, Any]
+"""Join key -> one value per entity row (an array, list or Series)."""
 
 
 def _decoded(values: list[Value]) -> list:
@@ -229,29 +277,55 @@ def _decoded(values: list[Value]) -> list:
     return decoded
 
 
+def _column(values: list, numeric: bool) -> np.ndarray:
+    """Decoded values as a float64 array (None as NaN) or an object array."""
+    if numeric:
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _taken(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``column[rows]`` with rows -1 missing: NaN for numbers, None for objects."""
+    if len(column) == 0:
+        fill = np.nan if column.dtype.kind in "fiu" else None
+        return np.full(len(rows), fill, dtype=np.float64 if fill is not None else object)
+    taken = column[rows]
+    missing = rows < 0
+    if not missing.any():
+        return taken
+    if column.dtype.kind in "fiu":
+        return np.where(missing, np.nan, taken.astype(np.float64))
+    taken[missing] = None
+    return taken
+
+
 def _entity_values(values: list, value_type: ValueType) -> list[Value]:
     if value_type == ValueType.STRING:
         return [Value(string_val=str(value)) for value in values]
     return python_values_to_proto_values(values, value_type)
 
 
-def _aligned_rows(
-    entities: pd.DataFrame, unique: pd.DataFrame, result: pd.DataFrame, keys: list[str]
-) -> pd.DataFrame:
-    """``result`` (one row per ``unique`` entity, in its order) for every row of
-    ``entities``: by position when the rows were unique already, else by a join."""
-    if len(unique) == len(entities):
-        result.index = entities.index
-        return result
-    if len(unique) == 1 and entities[keys].notna().all(axis=None):
-        repeated = result.iloc[np.zeros(len(entities), dtype=np.intp)]
-        repeated.index = entities.index
-        return repeated
-    return aligned(entities, pd.concat([unique, result], axis=1), keys, list(result.columns))
+@dataclass
+class ViewRows:
+    """Decoded rows of one per-request view: entity key -> row of ``columns``."""
+
+    index: dict[tuple, int] = field(default_factory=dict)
+    columns: Columns = field(default_factory=dict)
+
+    def add(self, keys: list[tuple], columns: Columns) -> None:
+        start = len(self.index)
+        self.index.update((key, start + row) for row, key in enumerate(keys))
+        for name, values in columns.items():
+            old = self.columns.get(name)
+            self.columns[name] = values if old is None else np.concatenate([old, values])
 
 
 class FastOnlineReader:
-    """A ``FeatureReader`` returning what ``OnlineReader`` returns, faster (see module doc)."""
+    """A ``FeatureReader`` and stage-1 ``ColumnReader`` returning what ``OnlineReader``
+    returns, faster (see module doc). ``page()`` gives a reader for one Home page, which
+    reads each per-request entity (the listener, a listener x item pair) once."""
 
     def __init__(
         self,
@@ -276,57 +350,166 @@ class FastOnlineReader:
             self._plans[key] = _view_features(self.store, selection)
         return self._plans[key]
 
-    def _online_rows(self, request: ViewRequest, entities: pd.DataFrame) -> pd.DataFrame:
-        """One ``online_read`` for the unique entity rows; aligned back to ``entities``."""
-        keys = _join_keys(request.view)
-        unique = entities[keys].dropna().drop_duplicates().reset_index(drop=True)
-        if unique.empty:
-            return pd.DataFrame(columns=request.features, index=entities.index)
-        columns = {
-            key: _entity_values(unique[key].tolist(), self._entity_types.get(key, ValueType.STRING))
-            for key in keys
-        }
+    def page(self) -> "PageReader":
+        return PageReader(self)
+
+    def _online_read(
+        self, view: FeatureView, keys: list[str], rows: list[tuple], features: list[str]
+    ) -> Columns:
+        """One ``online_read`` of ``features`` for the entity ``rows`` (tuples of ``keys``)."""
+        types = [self._entity_types.get(key, ValueType.STRING) for key in keys]
+        values = [_entity_values([row[i] for row in rows], types[i]) for i in range(len(keys))]
         entity_keys = [
-            EntityKey(join_keys=keys, entity_values=[columns[key][row] for key in keys])
-            for row in range(len(unique))
+            EntityKey(join_keys=keys, entity_values=[column[r] for column in values])
+            for r in range(len(rows))
         ]
-        results = self._online_store.online_read(  # a copy: Feast's Redis store appends to it
-            self.store.config, request.view, entity_keys, list(request.features)
+        results = self._online_store.online_read(
+            self.store.config, view, entity_keys, list(features)
         )
-        values: dict[str, list[Value]] = {name: [] for name in request.features}
+        found: dict[str, list[Value]] = {name: [] for name in features}
         missing = 0
         for _, row in results:
             missing += row is None
-            for name in request.features:
-                values[name].append((row or {}).get(name) or _MISSING)
+            for name in features:
+                found[name].append((row or {}).get(name) or _MISSING)
         if missing:
-            self.on_missing(request.view.name, missing)
-        result = pd.DataFrame({name: _decoded(column) for name, column in values.items()})
-        return _aligned_rows(entities, unique, result, keys)
+            self.on_missing(view.name, missing)
+        numeric = {f.name: str(f.dtype) in NUMERIC_TYPES for f in view.features}
+        return {name: _column(_decoded(found[name]), numeric[name]) for name in features}
 
-    def _view_rows(self, request: ViewRequest, entities: pd.DataFrame) -> pd.DataFrame:
-        if request.view.name in self.snapshot.frames:
+    def _request_columns(
+        self,
+        request: ViewRequest,
+        entities: EntityColumns,
+        cache: dict[str, ViewRows] | None,
+    ) -> Columns:
+        """A per-request view's ``request.features`` for every entity row; rows already
+        in ``cache`` (a page's) are not read again, and new ones are added to it with
+        every feature of the view."""
+        keys = _join_keys(request.view)
+        tuples = list(zip(*(entities[key] for key in keys), strict=True))
+        valid = [row for row in dict.fromkeys(tuples) if not any(_missing(v) for v in row)]
+        rows = cache.setdefault(request.view.name, ViewRows()) if cache is not None else ViewRows()
+        new = [row for row in valid if row not in rows.index]
+        features = (
+            [f.name for f in request.view.features] if cache is not None else request.features
+        )
+        if new:
+            rows.add(new, self._online_read(request.view, keys, new, features))
+        positions = np.array([rows.index.get(row, -1) for row in tuples], dtype=np.intp)
+        numeric = {f.name: str(f.dtype) in NUMERIC_TYPES for f in request.view.features}
+        return {
+            name: _taken(rows.columns.get(name, _column([], numeric[name])), positions)
+            for name in request.features
+        }
+
+    def _view_columns(self, request: ViewRequest, entities, cache) -> Columns:
+        if request.view.name in self.snapshot.views:
             (key,) = _join_keys(request.view)
-            return self.snapshot.rows(request.view.name, request.features, entities[key])
-        return self._online_rows(request, entities)
+            return self.snapshot.columns(request.view.name, request.features, entities[key])
+        return self._request_columns(request, entities, cache)
+
+    def columns(
+        self,
+        features: FeatureSelection,
+        entities: EntityColumns,
+        cache: dict[str, ViewRows] | None = None,
+    ) -> Columns:
+        """``features`` for the entity rows (join-key columns of equal length), one array
+        per feature: numbers as float64 (NaN when missing), anything else as objects
+        (None when missing); on-demand features computed on them."""
+        views, on_demand = self._plan(features)
+        found: Columns = {}
+        for request in views.values():
+            found.update(self._view_columns(request, entities, cache))
+        for odfv in on_demand:
+            found.update(self._on_demand_rows(odfv, found, entities, cache))
+        return {name: found[name] for name in feature_names(features)}
+
+    def _on_demand_rows(
+        self,
+        odfv: OnDemandFeatureView,
+        found: Columns,
+        entities: EntityColumns,
+        cache: dict[str, ViewRows] | None,
+    ) -> Columns:
+        """The on-demand view's outputs for every entity row; with a page's ``cache``,
+        computed once per distinct entity (rows keyed by the entity columns given)."""
+        rows = len(next(iter(entities.values())))
+        if cache is None:
+            return self._on_demand(odfv, found, rows)
+        keys = sorted(entities)
+        tuples = list(zip(*(entities[key] for key in keys), strict=True))
+        done = cache.setdefault(f"on_demand:{odfv.name}", ViewRows())
+        first: dict[tuple, int] = {}
+        for position, row in enumerate(tuples):
+            if row not in done.index and row not in first:
+                first[row] = position
+        if first:
+            chosen = np.fromiter(first.values(), dtype=np.intp, count=len(first))
+            inputs = {name: values[chosen] for name, values in found.items()}
+            done.add(list(first), self._on_demand(odfv, inputs, len(chosen)))
+        positions = np.array([done.index[row] for row in tuples], dtype=np.intp)
+        return {name: values[positions] for name, values in done.columns.items()}
+
+    def _on_demand(self, odfv: OnDemandFeatureView, found: Columns, rows: int) -> Columns:
+        """The on-demand view's own transformation on its inputs; request fields (the
+        read time) are the snapshot's ``as_of``."""
+        names = [
+            feature.name
+            for source in odfv.source_feature_view_projections.values()
+            for feature in source.features
+        ]
+        inputs = pd.DataFrame(
+            {name: found[name] for name in dict.fromkeys(names)}, index=pd.RangeIndex(rows)
+        )
+        for source in odfv.source_request_sources.values():
+            for request_field in source.schema:
+                inputs[request_field.name] = self.snapshot.as_of
+        transformation = odfv.feature_transformation
+        if transformation is None:
+            raise ValueError(f"on-demand view {odfv.name!r} has no transformation")
+        outputs = transformation.transform(inputs)
+        return {name: outputs[name].to_numpy() for name in outputs.columns}
 
     def read(self, features: FeatureSelection, entities: pd.DataFrame) -> pd.DataFrame:
         names = feature_names(features)
         if entities.empty:
             return pd.DataFrame(columns=names, index=entities.index)
-        views, on_demand = self._plan(features)
-        parts = [self._view_rows(request, entities) for request in views.values()]
-        frame = pd.concat(parts, axis=1) if parts else pd.DataFrame(index=entities.index)
-        frame = frame.loc[:, ~frame.columns.duplicated()]
-        for odfv in on_demand:
-            inputs = frame.reset_index(drop=True)
-            for source in odfv.source_request_sources.values():
-                for request_field in source.schema:
-                    inputs[request_field.name] = self.snapshot.as_of
-            outputs = odfv.feature_transformation.transform(inputs)
-            outputs.index = frame.index
-            frame = pd.concat([frame, outputs], axis=1)
-        return frame[names]
+        columns = self.columns(features, {key: entities[key].tolist() for key in entities.columns})
+        return pd.DataFrame(columns, index=entities.index)[names]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+class PageReader:
+    """A ``ColumnReader`` for one Home page: a ``FastOnlineReader`` that keeps what it
+    read of per-request views, so stage 1 and every shelf read the listener once and a
+    listener x item pair once (``prefetch`` reads a page's pairs in one round trip)."""
+
+    def __init__(self, reader: FastOnlineReader) -> None:
+        self.reader = reader
+        self.cache: dict[str, ViewRows] = {}
+
+    def columns(self, features: FeatureSelection, entities: EntityColumns) -> Columns:
+        return self.reader.columns(features, entities, self.cache)
+
+    def prefetch(self, selections: Sequence[FeatureSelection], entities: EntityColumns) -> None:
+        """Read (in one online read per view) the per-request rows of ``entities`` that
+        any of ``selections`` needs, for later ``columns`` calls to find."""
+        views = {
+            request.view.name: request.view
+            for selection in selections
+            for request in self.reader._plan(selection)[0].values()
+            if request.view.name not in self.reader.snapshot.views
+            and set(_join_keys(request.view)) <= set(entities)
+        }
+        for view in views.values():
+            self.reader._request_columns(ViewRequest(view), entities, self.cache)
+        for selection in selections:  # on-demand features of the union, once
+            self.columns(selection, entities)
 
 
 class SnapshotReader(FastOnlineReader):
@@ -334,8 +517,8 @@ class SnapshotReader(FastOnlineReader):
     per-request view missing (as for an unknown listener). Used when the store fails, so
     a shelf can still show popular and editorial cards ranked by its heuristic."""
 
-    def _online_rows(self, request: ViewRequest, entities: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(
-            {name: pd.Series([None] * len(entities), dtype=object) for name in request.features},
-            index=entities.index,
-        )
+    def _online_read(
+        self, view: FeatureView, keys: list[str], rows: list[tuple], features: list[str]
+    ) -> Columns:
+        numeric = {f.name: str(f.dtype) in NUMERIC_TYPES for f in view.features}
+        return {name: _column([None] * len(rows), numeric[name]) for name in features}

@@ -29,21 +29,29 @@ import pandas as pd
 from feast import FeatureService, FeatureStore
 
 from serving.metrics import ServingMetrics
-from serving.online_features import EntitySnapshot, FastOnlineReader, SnapshotReader
+from serving.online_features import (
+    Columns,
+    EntityColumns,
+    EntitySnapshot,
+    FastOnlineReader,
+    PageReader,
+    SnapshotReader,
+)
 from training.candidates import (
     LISTENER_FEATURES,
     CandidateInputs,
-    FeatureReader,
+    Candidates,
+    ColumnReader,
     candidate_feature_names,
-    generate_candidates,
     in_audience,
+    propose,
     read_candidate_inputs,
 )
 from training.core.layout import WorldPaths
 from training.core.settings import Settings
 from training.core.shelves import Shelf, load_shelves
 from training.features.served_log import FeatureLog
-from training.features.store import FeatureSelection, check_servable, open_store
+from training.features.store import check_servable, open_store
 from training.models.fitting import baseline_ranker
 from training.models.rankers import HeuristicRanker, ModelIntegrityError, ShelfRanker
 from training.models.registry import ModelRegistry, ModelVersion, RegistryError
@@ -61,6 +69,8 @@ STAGE1_VIEWS = {reference.split(":")[0] for reference in LISTENER_FEATURES} | {
     "market_editorial",
 }
 """Feature views stage 1 reads (``read_candidate_inputs``): serving is not ready without."""
+CATALOG_VIEW = "item_stats"
+"""The view whose entities are the catalog: an item it lacks is unknown."""
 REQUEST_SOURCE = "request"
 """``source`` of a /v1/rank item that stage 1 did not propose for the listener."""
 
@@ -94,7 +104,7 @@ def listener_defaults(settings: Settings) -> ListenerDefaults:
 
 
 class ListenerFallbackReader:
-    """A stage-1 ``FeatureReader`` that fills a missing ``listener_profile`` market and age
+    """A stage-1 ``ColumnReader`` that fills a missing ``listener_profile`` market and age
     bucket with given values; every other read passes through unchanged.
 
     Feast has no profile for a brand-new or unknown listener, so stage 1 would find no
@@ -103,24 +113,23 @@ class ListenerFallbackReader:
 
     _FILLED = {"listener_profile:market": "market", "listener_profile:age_bucket": "age_bucket"}
 
-    def __init__(self, reader: FeatureReader, market: str | None, age_bucket: str | None):
+    def __init__(self, reader: ColumnReader, market: str | None, age_bucket: str | None):
         self.reader = reader
         self.values = {"market": market, "age_bucket": age_bucket}
         self.filled = False
 
-    def read(self, features: FeatureSelection, entities: pd.DataFrame) -> pd.DataFrame:
-        frame = self.reader.read(features, entities)
-        if isinstance(features, FeatureService):
-            return frame
+    def columns(self, features: list[str], entities: EntityColumns) -> Columns:
+        found = dict(self.reader.columns(features, entities))
         for reference, column in self._FILLED.items():
             value = self.values[column]
             if reference not in features or value is None:
                 continue
-            missing = frame[column].isna()
+            values = np.asarray(found[column], dtype=object)
+            missing = np.array([v is None for v in values], dtype=bool)
             if missing.any():
-                frame[column] = frame[column].astype(object).where(~missing, value)
+                found[column] = np.where(missing, value, values)
                 self.filled = True
-        return frame
+        return found
 
 
 # --------------------------------------------------------------------------- shelf models
@@ -328,15 +337,81 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
-def heuristic_scores(shelf: Shelf, rows: pd.DataFrame) -> np.ndarray:
-    """The shelf's heuristic on whatever columns ``rows`` has (a missing one counts as 0)."""
+def heuristic_scores(shelf: Shelf, columns: Columns, rows: int) -> np.ndarray:
+    """The shelf's heuristic on whatever ``columns`` has (a missing one counts as 0)."""
     weights = shelf.baseline.weights
-    present = rows.assign(**{name: np.nan for name in weights if name not in rows.columns})
+    frame = pd.DataFrame({name: columns.get(name, np.full(rows, np.nan)) for name in weights})
     try:
-        return baseline_ranker(shelf).predict(present)
+        return baseline_ranker(shelf).predict(frame)
     except ValueError:
         logger.exception("shelf %s: heuristic failed; candidates keep stage-1 order", shelf.name)
-        return np.zeros(len(rows))
+        return np.zeros(rows)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A shelf's rows ranked: best first (ties keep stage-1 order)."""
+
+    item_id: np.ndarray
+    content_type: np.ndarray
+    score: np.ndarray
+    source: np.ndarray
+    reason: np.ndarray
+
+    def take(self, order: np.ndarray) -> "Scored":
+        return Scored(
+            self.item_id[order],
+            self.content_type[order],
+            self.score[order],
+            self.source[order],
+            self.reason[order],
+        )
+
+    def cards(self, k: int | None, skip: set[str] | frozenset[str] = frozenset()) -> list[Card]:
+        """The first ``k`` (all with None) rows as cards, without items in ``skip``."""
+        cards: list[Card] = []
+        for item_id, content_type, score, source, reason in zip(
+            self.item_id, self.content_type, self.score, self.source, self.reason, strict=True
+        ):
+            if item_id in skip:
+                continue
+            if k is not None and len(cards) >= k:
+                break
+            cards.append(
+                Card(
+                    item_id=str(item_id),
+                    content_type=_optional_str(content_type),
+                    score=float(score),
+                    source=str(source),
+                    reason=_optional_str(reason),
+                )
+            )
+        return cards
+
+
+def requested_rows(shelf: Shelf, item_ids: list[str], proposed: Candidates | None) -> Candidates:
+    """``item_ids`` as rows to rank: an item stage 1 ``proposed`` keeps its source, reason
+    and signals; any other has source ``"request"``, no reason and missing signals."""
+    n = len(item_ids)
+    position = {} if proposed is None else {item: i for i, item in enumerate(proposed.item_id)}
+    found = np.array([position.get(item, -1) for item in item_ids], dtype=np.intp)
+    hit = found >= 0
+
+    def pick(values: np.ndarray | None, missing: Any) -> np.ndarray:
+        if values is None:
+            return np.full(n, missing, dtype=object if missing is not np.nan else np.float64)
+        picked = np.append(values, np.array([missing], dtype=values.dtype))[found]
+        return picked
+
+    signals = {
+        name: pick(None if proposed is None else proposed.signals[name], np.nan)
+        for name in candidate_feature_names(shelf)
+    }
+    source = pick(None if proposed is None else proposed.source, REQUEST_SOURCE)
+    reason = pick(None if proposed is None else proposed.reason, None)
+    source[~hit], reason[~hit] = REQUEST_SOURCE, None
+    items = np.array(item_ids, dtype=object)
+    return Candidates(np.zeros(n, dtype=np.int64), items, source, reason, signals)
 
 
 # --------------------------------------------------------------------------- the ranker
@@ -421,109 +496,112 @@ class HomeRanker:
 
     # ---------------------------------------------------------------- stage 1
 
-    def _stage1_reader(
-        self, market: str | None, age_bucket: str | None, reader: FeatureReader | None = None
-    ) -> ListenerFallbackReader:
-        return ListenerFallbackReader(
-            reader or self.reader,
-            market or self.defaults.market,
-            age_bucket or self.defaults.age_bucket,
-        )
-
     def _candidate_inputs(
-        self, listener_id: str, shelves: list[Shelf], market: str | None, age_bucket: str | None
+        self,
+        page: PageReader,
+        listener_id: str,
+        shelves: list[Shelf],
+        market: str | None,
+        age_bucket: str | None,
     ) -> tuple[CandidateInputs | None, bool, bool]:
         """Stage-1 inputs: ``(inputs, cold_start, store_failed)``. When the online store
         fails, the listener is served as an unknown one from the snapshot (popular and
         editorial of the default segment); None only if even that fails."""
-        requests = pd.DataFrame({"group": [0], "listener_id": [listener_id]})
-        for reader in (self.reader, self.snapshot_reader):
-            fallback = self._stage1_reader(market, age_bucket, reader)
+        requests = {"group": np.zeros(1, dtype=np.int64), "listener_id": [listener_id]}
+        for reader in (page, self.snapshot_reader.page()):
+            fallback = ListenerFallbackReader(
+                reader, market or self.defaults.market, age_bucket or self.defaults.age_bucket
+            )
             try:
                 inputs = read_candidate_inputs(fallback, requests, shelves)
             except Exception:
                 logger.exception("stage 1 read failed for listener %s", listener_id)
                 continue
-            return inputs, fallback.filled, reader is not self.reader
+            return inputs, fallback.filled, reader is not page
         return None, True, True
 
     # ---------------------------------------------------------------- stage 2
 
+    def _prefetch(
+        self, page: PageReader, listener_id: str, proposed: dict[str, Candidates]
+    ) -> None:
+        """Read the listener x item rows of every shelf's candidates in one round trip."""
+        items = list(dict.fromkeys(item for rows in proposed.values() for item in rows.item_id))
+        services = [self.services[name] for name in proposed if name in self.services]
+        try:
+            page.prefetch(services, {"listener_id": [listener_id] * len(items), "item_id": items})
+        except Exception:  # each shelf's own read then fails and degrades it
+            logger.exception("prefetch of listener x item rows failed")
+
     def _scored(
-        self, shelf_model: ShelfModel, listener_id: str, rows: pd.DataFrame, request_id: str
-    ) -> tuple[pd.DataFrame, ServedBy, str | None]:
-        """``rows`` (item_id, source, reason, candidate features) with model features,
-        ``content_type`` and ``score`` added, best first (ties keep stage-1 order); with
-        what scored them and why the shelf is degraded (None if it is not)."""
+        self,
+        shelf_model: ShelfModel,
+        listener_id: str,
+        rows: Candidates,
+        page: PageReader,
+        request_id: str,
+    ) -> tuple[Scored, ServedBy, str | None]:
+        """``rows`` with model features read and scored, best first; with what scored
+        them and why the shelf is degraded (None if it is not)."""
         shelf = shelf_model.shelf
         served, problem = shelf_model.served, "no_model" if shelf_model.degraded else None
-        frame = rows.reset_index(drop=True).assign(listener_id=listener_id)
-        if frame.empty:  # nothing to read or score: the shelf simply has no cards
-            return frame.assign(score=pd.Series(dtype=float), content_type=None), served, problem
-        entities = frame[["listener_id", "item_id"]]
-        try:
-            features = self.reader.read(self.services[shelf.name], entities)
-        except Exception:
-            logger.exception("shelf %s: model feature read failed", shelf.name)
+        n = len(rows)
+        entities = {"listener_id": [listener_id] * n, "item_id": rows.item_id}
+        service = self.services.get(shelf.name)
+        columns: Columns = {}
+        if service is None:
             problem = "feature_store"
-            features = self.snapshot_reader.read(self.services[shelf.name], entities)
-        frame = pd.concat(
-            [frame, features.drop(columns=[c for c in features if c in frame])], axis=1
-        )
-        scores = None
-        if isinstance(shelf_model.ranker, ShelfRanker) and problem is None:
+        elif n:
             try:
-                scores = shelf_model.ranker.predict(frame)
+                columns = dict(page.columns(service, entities))
+            except Exception:
+                logger.exception("shelf %s: model feature read failed", shelf.name)
+                problem = "feature_store"
+                columns = dict(self.snapshot_reader.columns(service, entities))
+        columns.update(rows.signals)
+        scores = None
+        if isinstance(shelf_model.ranker, ShelfRanker) and problem is None and n:
+            try:
+                scores = shelf_model.ranker.predict_columns(columns, n)
             except Exception:
                 logger.exception("shelf %s: model could not score", shelf.name)
                 problem = "model_error"
             else:
-                self._log_features(request_id, shelf_model, frame)
+                self._log_features(request_id, shelf_model, listener_id, rows, columns)
         if scores is None:
-            scores = heuristic_scores(shelf, frame)
+            scores = heuristic_scores(shelf, columns, n)
             served = HEURISTIC_SERVED
-        frame["score"] = np.asarray(scores, dtype=np.float64)
-        if "content_type" not in frame:
-            frame["content_type"] = None
-        order = np.argsort(-frame["score"].to_numpy(), kind="stable")
-        return frame.iloc[order].reset_index(drop=True), served, problem
+        content_type = columns.get("content_type", np.full(n, None, dtype=object))
+        scored = Scored(
+            rows.item_id, content_type, np.asarray(scores, np.float64), rows.source, rows.reason
+        )
+        return scored.take(np.argsort(-scored.score, kind="stable")), served, problem
 
-    def _log_features(self, request_id: str, shelf_model: ShelfModel, frame: pd.DataFrame) -> None:
+    def _log_features(
+        self,
+        request_id: str,
+        shelf_model: ShelfModel,
+        listener_id: str,
+        rows: Candidates,
+        columns: Columns,
+    ) -> None:
         log = self.feature_log
         if log is None or not log.sampled():
             return
-        columns = ["listener_id", "item_id", *shelf_model.ranker.feature_names_]
+        names = shelf_model.ranker.feature_names_
+        frame = pd.DataFrame(
+            {
+                "listener_id": [listener_id] * len(rows),
+                "item_id": rows.item_id,
+                **{name: columns[name] for name in names},
+            }
+        )
         log.record(
-            request_id,
-            shelf_model.shelf.name,
-            shelf_model.model,
-            shelf_model.version,
-            frame[columns],
+            request_id, shelf_model.shelf.name, shelf_model.model, shelf_model.version, frame
         )
 
-    @staticmethod
-    def _cards(
-        frame: pd.DataFrame, k: int | None, skip: set[str] | frozenset[str] = frozenset()
-    ) -> list[Card]:
-        cards: list[Card] = []
-        for row in frame[["item_id", "content_type", "score", "source", "reason"]].itertuples():
-            if row.item_id in skip:
-                continue
-            if k is not None and len(cards) >= k:
-                break
-            cards.append(
-                Card(
-                    item_id=str(row.item_id),
-                    content_type=_optional_str(row.content_type),
-                    score=float(row.score),
-                    source=str(row.source),
-                    reason=_optional_str(row.reason),
-                )
-            )
-        return cards
-
-    def _finish_shelf(self, shelf: Shelf, started: float, problem: str | None) -> None:
-        self.metrics.shelf_seconds.labels(shelf=shelf.name).observe(time.perf_counter() - started)
+    def _finish_shelf(self, shelf: Shelf, seconds: float, problem: str | None) -> None:
+        self.metrics.shelf_seconds.labels(shelf=shelf.name).observe(seconds)
         if problem is not None:
             self.metrics.fallbacks.labels(shelf=shelf.name, reason=problem).inc()
 
@@ -538,41 +616,51 @@ class HomeRanker:
         request_id: str | None = None,
         models: dict[str, ShelfModel] | None = None,
     ) -> Page:
-        """The listener's Home page: every shelf whose audience includes them, in
-        declaration order, each with its top ``k`` (default ``shelf.k``) candidates by
-        model score; an item already on an earlier shelf is skipped on later ones.
-        ``models`` replaces the serving models of some shelves (to compare versions)."""
+        """The listener's Home page: every shelf whose audience includes them and that has
+        cards, in declaration order, each with its top ``k`` (default ``shelf.k``)
+        candidates by model score; an item already on an earlier shelf is skipped on later
+        ones. A shelf without cards is left off the page. ``models`` replaces the serving
+        models of some shelves (to compare versions)."""
         request_id = request_id or uuid.uuid4().hex
         models = {**self.models, **(models or {})}
+        page = self.reader.page()
         inputs, cold_start, store_failed = self._candidate_inputs(
-            listener_id, self.shelves, market, age_bucket
+            page, listener_id, self.shelves, market, age_bucket
         )
-        account_age = inputs.listeners["account_age_days"] if inputs else pd.Series([np.nan])
-        shelves: list[RankedShelf] = []
-        shown: set[str] = set()
-        for shelf in self.shelves:
-            if not in_audience(shelf, account_age)[0]:
-                continue
+        account_age = inputs.listeners["account_age_days"] if inputs else np.array([np.nan])
+        audience = [shelf for shelf in self.shelves if in_audience(shelf, account_age)[0]]
+        seconds: dict[str, float] = {}
+        proposed: dict[str, Candidates] = {}
+        problems: dict[str, str | None] = {}
+        for shelf in audience:
             started = time.perf_counter()
-            shelf_model = models[shelf.name]
-            served, cards = shelf_model.served, []
-            problem: str | None = "feature_store"
+            problems[shelf.name] = "feature_store"
             if inputs is not None:
                 try:
-                    candidates = generate_candidates(shelf, inputs)
+                    proposed[shelf.name] = propose(shelf, inputs)
+                    problems[shelf.name] = None
                 except Exception:
                     logger.exception("shelf %s: candidate generation failed", shelf.name)
-                    problem = "candidates"
-                else:
-                    frame, served, problem = self._scored(
-                        shelf_model, listener_id, candidates, request_id
-                    )
-                    cards = self._cards(frame, k or shelf.k, skip=shown)
-                    if store_failed:
-                        problem = "feature_store"
-            self._finish_shelf(shelf, started, problem)
+                    problems[shelf.name] = "candidates"
+            seconds[shelf.name] = time.perf_counter() - started
+        self._prefetch(page, listener_id, proposed)
+        shelves: list[RankedShelf] = []
+        shown: set[str] = set()
+        for shelf in audience:
+            started = time.perf_counter()
+            shelf_model = models[shelf.name]
+            served, cards, problem = shelf_model.served, [], problems[shelf.name]
+            if shelf.name in proposed:
+                scored, served, problem = self._scored(
+                    shelf_model, listener_id, proposed[shelf.name], page, request_id
+                )
+                cards = scored.cards(k or shelf.k, skip=shown)
+                if store_failed:
+                    problem = "feature_store"
+            self._finish_shelf(shelf, seconds[shelf.name] + time.perf_counter() - started, problem)
             shown.update(card.item_id for card in cards)
-            shelves.append(RankedShelf.of(shelf, served, problem, cards))
+            if cards:
+                shelves.append(RankedShelf.of(shelf, served, problem, cards))
         return Page(listener_id, cold_start, shelves)
 
     def rank(
@@ -591,28 +679,33 @@ class HomeRanker:
         for the listener and merged in, so an item stage 1 proposes is scored exactly as on
         the Home page (same source, reason and signals); any other item has missing
         candidate signals (NaN, as in training for signals a source did not give) and
-        source ``"request"``. A stage-1 failure leaves all signals missing, degraded.
+        source ``"request"``. Items unknown to the catalog come last, after every known
+        one, whatever their score. A stage-1 failure leaves all signals missing, degraded.
         """
         request_id = request_id or uuid.uuid4().hex
         started = time.perf_counter()
         shelf_model = self.models[shelf_name]
         shelf = shelf_model.shelf
-        items = pd.DataFrame({"item_id": list(dict.fromkeys(item_ids))})
-        inputs, _, store_failed = self._candidate_inputs(listener_id, [shelf], market, age_bucket)
+        items = list(dict.fromkeys(item_ids))
+        page = self.reader.page()
+        inputs, _, store_failed = self._candidate_inputs(
+            page, listener_id, [shelf], market, age_bucket
+        )
         stage1_problem = "feature_store" if store_failed else None
-        rows = items.assign(source=None, reason=None)
+        proposed = None
         if inputs is not None:
             try:
-                candidates = generate_candidates(shelf, inputs).drop(columns="group")
-                rows = items.merge(candidates, on="item_id", how="left")
+                proposed = propose(shelf, inputs)
             except Exception:
                 logger.exception("shelf %s: stage 1 failed for /v1/rank", shelf.name)
                 stage1_problem = "candidates"
-        for name in candidate_feature_names(shelf):
-            if name not in rows:
-                rows[name] = np.nan
-        rows["source"] = rows["source"].astype(object).where(rows["source"].notna(), REQUEST_SOURCE)
-        frame, served, problem = self._scored(shelf_model, listener_id, rows, request_id)
+        rows = requested_rows(shelf, items, proposed)
+        scored, served, problem = self._scored(shelf_model, listener_id, rows, page, request_id)
+        unknown = np.array(
+            [self.snapshot.row_of(CATALOG_VIEW, str(item)) < 0 for item in scored.item_id],
+            dtype=bool,
+        )
+        scored = scored.take(np.argsort(unknown, kind="stable"))
         problem = problem or stage1_problem
-        self._finish_shelf(shelf, started, problem)
-        return RankedShelf.of(shelf, served, problem, self._cards(frame, k))
+        self._finish_shelf(shelf, time.perf_counter() - started, problem)
+        return RankedShelf.of(shelf, served, problem, scored.cards(k))

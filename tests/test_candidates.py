@@ -77,6 +77,11 @@ def candidates(shelf: Shelf, inputs: CandidateInputs, requests: pd.DataFrame) ->
     return frame.merge(requests, on="group", how="left", validate="many_to_one")
 
 
+def listeners(inputs: CandidateInputs) -> pd.DataFrame:
+    """The requests' listener columns stage 1 read, as a frame."""
+    return pd.DataFrame(inputs.listeners)
+
+
 def group_of(batch: Batch, listener_id: str) -> int:
     return int(batch.requests.loc[batch.requests["listener_id"] == listener_id, "group"].iloc[0])
 
@@ -106,7 +111,7 @@ def test_offline_and_online_read_the_same_familiar_lists(batch: Batch):
         return frame.astype(object).where(frame.notna(), None)
 
     pd.testing.assert_frame_equal(
-        normalized(batch.offline.listeners), normalized(batch.online.listeners)
+        normalized(listeners(batch.offline)), normalized(listeners(batch.online))
     )
 
 
@@ -136,7 +141,7 @@ def test_discovery_shelves_propose_no_familiar_item(batch: Batch, name: str):
     familiar list: it is about something new."""
     shelf = shelf_by_name(SHELVES, name)
     frame = candidates(shelf, batch.offline, batch.requests)
-    familiar = batch.offline.listeners[["group", "familiar_items"]].explode("familiar_items")
+    familiar = listeners(batch.offline)[["group", "familiar_items"]].explode("familiar_items")
     familiar = familiar.dropna().rename(columns={"familiar_items": "item_id"})
     proposed = frame.merge(familiar, on=["group", "item_id"])
     assert proposed.empty, f"{name} proposed familiar items:\n{proposed.head()}"
@@ -165,7 +170,7 @@ def test_shortcuts_are_the_listeners_own_familiar_items(batch: Batch):
     """Shortcuts proposes only the listener's familiar items, in familiar-list order."""
     shelf = shelf_by_name(SHELVES, "shortcuts")
     frame = generate_candidates(shelf, batch.offline)
-    lists = batch.offline.listeners.set_index("group")["familiar_items"]
+    lists = listeners(batch.offline).set_index("group")["familiar_items"]
     for group, rows in frame.groupby("group"):
         familiar = [item for item in lists[group] if item in set(rows["item_id"])]
         assert rows["item_id"].tolist() == familiar, f"group {group}: not familiar-list order"
@@ -175,7 +180,7 @@ def test_new_listener_gets_cold_start_candidates_and_no_shortcuts(batch: Batch):
     """The listener who signed up last has (almost) no history: no or few Shortcuts, but
     the cold-start shelf, whose audience they are in, still has cards for them."""
     group = group_of(batch, batch.new_listener)
-    listener = batch.offline.listeners.set_index("group").loc[group]
+    listener = listeners(batch.offline).set_index("group").loc[group]
     shelf = shelf_by_name(SHELVES, "try_something_else")
     assert in_audience(shelf, pd.Series([listener["account_age_days"]]))[0]
     cold = generate_candidates(shelf, batch.offline)
@@ -192,7 +197,7 @@ def test_unknown_listener_does_not_disturb_the_batch(batch: Batch):
     known: no market, no history), and every known listener with a market still gets
     discovery candidates in the same batch, offline and online."""
     unknown = group_of(batch, UNKNOWN_LISTENER)
-    known = batch.offline.listeners.dropna(subset=["market"])["group"]
+    known = listeners(batch.offline).dropna(subset=["market"])["group"]
     assert unknown not in set(known)
     for inputs in (batch.offline, batch.online):
         for shelf in SHELVES:
@@ -202,24 +207,28 @@ def test_unknown_listener_does_not_disturb_the_batch(batch: Batch):
                 assert set(known) <= set(frame["group"]), f"{shelf.name}: a listener got none"
 
 
-def _one_request(inputs: CandidateInputs, group: int) -> CandidateInputs:
-    """The inputs of one request of a batch, as serving reads them (one page at a time)."""
-    return CandidateInputs(
-        *(
-            frame[frame["group"] == group].reset_index(drop=True)
-            for frame in (inputs.listeners, inputs.neighbours, inputs.popular, inputs.editorial)
-        )
-    )
-
-
-@pytest.mark.parametrize("name", SHELF_NAMES)
-def test_a_request_alone_gets_the_candidates_it_gets_in_a_batch(batch: Batch, name: str):
-    """Stage 1 is a function of each request's own inputs: generated alone (serving, where
-    sources are often empty) or in a batch (training), a request gets the same rows."""
-    shelf = shelf_by_name(SHELVES, name)
-    for inputs in (batch.offline, batch.online):
-        together = generate_candidates(shelf, inputs)
-        for group in batch.requests["group"]:
-            alone = generate_candidates(shelf, _one_request(inputs, group))
-            expected = together[together["group"] == group].reset_index(drop=True)
-            pd.testing.assert_frame_equal(alone, expected, check_dtype=False, obj=f"group {group}")
+def test_a_request_alone_gets_the_candidates_it_gets_in_a_batch(batch: Batch, small_world_store):
+    """Stage 1 is a function of each request's own inputs: read and generated alone
+    (serving, where sources are often empty) or in a batch (training), a request gets the
+    same rows, for every shelf and every kind of listener in the batch (heavy, new,
+    without familiar items, unknown)."""
+    store = open_store(small_world_store)
+    readers = {
+        "offline": (OfflineReader(store), batch.requests.assign(event_timestamp=batch.end)),
+        "online": (OnlineReader(store), batch.requests),
+    }
+    for kind, (reader, requests) in readers.items():
+        together = {
+            shelf.name: generate_candidates(shelf, getattr(batch, kind)) for shelf in SHELVES
+        }
+        for row in range(len(requests)):
+            request = requests.iloc[[row]].reset_index(drop=True)
+            inputs = read_candidate_inputs(reader, request, SHELVES)
+            group = int(request["group"].iloc[0])
+            for shelf in SHELVES:
+                alone = generate_candidates(shelf, inputs)
+                expected = together[shelf.name]
+                expected = expected[expected["group"] == group].reset_index(drop=True)
+                pd.testing.assert_frame_equal(
+                    alone, expected, check_dtype=False, obj=f"{kind} {shelf.name} group {group}"
+                )

@@ -305,3 +305,20 @@ def test_fit_without_eval_set_uses_every_round_and_logs_progress(problem, caplog
     assert ranker.evals_result_ == {}
     assert "round 10/20" in caplog.text
     assert "best iteration 19" in caplog.text
+
+
+def test_predict_columns_equals_predict(problem, fitted):
+    """Serving's path (arrays in, a float32 matrix, inplace_predict) scores every row as
+    ``predict`` on the DataFrame does, with missing numbers, missing and unseen
+    categories among the rows."""
+    X = problem["test"][0].copy()
+    X.loc[X.index[::7], "genre"] = None
+    X.loc[X.index[1::7], "genre"] = "never-seen-genre"
+    for name in fitted.feature_names_:
+        if name not in fitted.categories_:
+            X.loc[X.index[2::5], name] = np.nan
+    columns = {
+        name: X[name].to_numpy(dtype=object if name in fitted.categories_ else np.float64)
+        for name in fitted.feature_names_
+    }
+    np.testing.assert_array_equal(fitted.predict_columns(columns, len(X)), fitted.predict(X))

@@ -22,6 +22,7 @@ from tests.serving_checks import assert_fast_reads_equal_feast
 from training.candidates import (
     LISTENER_FEATURES,
     generate_candidates,
+    propose,
     read_candidate_inputs,
 )
 from training.core.layout import WorldPaths
@@ -84,13 +85,15 @@ def _home(client: TestClient, listener_id: str, **params) -> dict:
 
 def _assert_well_formed(page: dict, k: int | None = None) -> None:
     """Shelves in declaration order, at most k cards each, no item on two shelves, scores
-    descending, sources declared by the shelf, reasons given, content types of the shelf."""
+    descending, sources declared by the shelf, reasons given, content types of the shelf;
+    no shelf without cards (a shelf with none is left off the page)."""
     names = [shelf["shelf"] for shelf in page["shelves"]]
     assert names == [name for name in SHELF_NAMES if name in names]
     seen: list[str] = []
     for served in page["shelves"]:
         shelf = shelf_by_name(SHELVES, served["shelf"])
         cards = served["cards"]
+        assert cards, f"shelf {served['shelf']} is on the page without cards"
         assert served["title"] == shelf.title
         assert len(cards) <= (k or shelf.k)
         scores = [card["score"] for card in cards]
@@ -166,7 +169,7 @@ def test_unknown_listener_gets_a_cold_start_page(client: TestClient) -> None:
     _assert_well_formed(page)
     assert page["cold_start"] is True
     shelves = {shelf["shelf"]: shelf for shelf in page["shelves"]}
-    assert shelves["shortcuts"]["cards"] == [], "an unknown listener has nothing familiar"
+    assert "shortcuts" not in shelves, "an unknown listener has nothing familiar"
     assert shelves["try_something_else"]["cards"], "unknown listeners count as new"
     cards = [card for shelf in page["shelves"] for card in shelf["cards"]]
     assert cards and {card["source"] for card in cards} <= {"popular", "editorial"}
@@ -195,7 +198,8 @@ def test_rank_reorders_the_given_items(client: TestClient, established: str) -> 
     assert ranked["shelf"] == "shortcuts" and ranked["degraded"] is False
     cards = ranked["cards"]
     assert sorted(card["item_id"] for card in cards) == sorted(set(items))
-    scores = [card["score"] for card in cards]
+    assert cards[-1]["item_id"] == "not_in_catalog_1", "an item unknown to the catalog is last"
+    scores = [card["score"] for card in cards[:-1]]
     assert scores == sorted(scores, reverse=True)
     for card in cards:
         if card["item_id"] in served:  # proposed by stage 1: scored as on the Home page
@@ -272,16 +276,16 @@ def test_missing_model_serves_the_heuristic(
     assert shelves["shortcuts"]["degraded"] is False
 
 
-def _failing_online_rows(views: set[str] | None):
-    """A ``FastOnlineReader._online_rows`` whose store fails for ``views`` (None: all)."""
-    original = online_features.FastOnlineReader._online_rows
+def _failing_online_read(views: set[str] | None):
+    """A ``FastOnlineReader._online_read`` whose store fails for ``views`` (None: all)."""
+    original = online_features.FastOnlineReader._online_read
 
-    def online_rows(self, request, entities):
-        if views is None or request.view.name in views:
+    def online_read(self, view, keys, rows, features):
+        if views is None or view.name in views:
             raise ConnectionError("online store unavailable")
-        return original(self, request, entities)
+        return original(self, view, keys, rows, features)
 
-    return online_rows
+    return online_read
 
 
 def test_feature_read_failure_degrades_shelves_not_the_page(
@@ -291,7 +295,7 @@ def test_feature_read_failure_degrades_shelves_not_the_page(
     candidates, ranked by its heuristic, degraded. The whole store failing: the page of an
     unknown listener from the in-memory snapshot (popular, editorial), all degraded."""
     reader = online_features.FastOnlineReader
-    monkeypatch.setattr(reader, "_online_rows", _failing_online_rows({"listener_item"}))
+    monkeypatch.setattr(reader, "_online_read", _failing_online_read({"listener_item"}))
     page = _home(client, established)
     assert page["shelves"]
     for served in page["shelves"]:
@@ -302,14 +306,12 @@ def test_feature_read_failure_degrades_shelves_not_the_page(
     rank = client.post("/v1/rank", json={**RANK, "listener_id": established})
     assert rank.status_code == 200 and rank.json()["degraded"] is True
 
-    monkeypatch.setattr(reader, "_online_rows", _failing_online_rows(None))
+    monkeypatch.setattr(reader, "_online_read", _failing_online_read(None))
     page = _home(client, established)
     assert page["cold_start"] is True
-    assert [s["shelf"] for s in page["shelves"]] == SHELF_NAMES  # unknown age: all shelves
-    assert all(s["degraded"] for s in page["shelves"])
-    shelves = {s["shelf"]: s for s in page["shelves"]}
-    assert shelves["shortcuts"]["cards"] == []  # no familiar items without the store
-    assert shelves["try_something_else"]["cards"], "popular and editorial cards remain"
+    # Unknown age: every shelf but shortcuts (no familiar items without the store).
+    assert [s["shelf"] for s in page["shelves"]] == SHELF_NAMES[1:]
+    assert all(s["degraded"] and s["cards"] for s in page["shelves"])
     rank = client.post("/v1/rank", json={**RANK, "listener_id": established})
     assert rank.status_code == 200 and rank.json()["degraded"] is True
     metrics = client.get("/metrics").text
@@ -340,6 +342,37 @@ def test_snapshot_is_stale_after_any_later_materialization(small_world_store, tm
 
 def test_fast_reads_equal_get_online_features_on_sqlite(trained_world: TrainedWorld) -> None:
     assert_fast_reads_equal_feast(trained_world.settings)
+
+
+def test_a_page_proposes_the_candidates_a_batch_proposes(
+    trained_world: TrainedWorld, profiles: pd.DataFrame
+) -> None:
+    """Serving's stage 1 (one request, read through a page's snapshot and online reads)
+    and training's (a batch through ``get_online_features``) propose the same candidates,
+    item for item and source for source, with the same reasons and signals: over a
+    sample of listeners and the edge cases (new listeners, listeners without familiar
+    items, so without familiar and neighbour sources, and an unknown listener, for whom
+    every source is empty)."""
+    settings = trained_world.settings
+    store = open_store(settings)
+    fast = online_features.FastOnlineReader(store, online_features.EntitySnapshot.load(store))
+    sample = profiles["listener_id"].sample(40, random_state=5).tolist()
+    new = profiles.loc[profiles["account_age_days"] <= NEW_LISTENER_DAYS, "listener_id"]
+    empty = profiles.loc[profiles["n_familiar"] == 0, "listener_id"]
+    assert len(empty), "the trained world has no listener without familiar items"
+    ids = list(dict.fromkeys([*sample, *new.head(5), *empty.head(5), "never-seen-listener"]))
+    requests = pd.DataFrame({"group": np.arange(len(ids)), "listener_id": ids})
+    batch = read_candidate_inputs(OnlineReader(store), requests, SHELVES)
+    for group, listener_id in enumerate(ids):
+        alone = read_candidate_inputs(
+            fast.page(), {"group": [group], "listener_id": [listener_id]}, SHELVES
+        )
+        for shelf in SHELVES:
+            expected = generate_candidates(shelf, batch)
+            expected = expected[expected["group"] == group].reset_index(drop=True)
+            pd.testing.assert_frame_equal(
+                propose(shelf, alone).frame(), expected, obj=f"{shelf.name} {listener_id}"
+            )
 
 
 def test_served_shortcuts_equal_the_library_ranking(

@@ -2,14 +2,18 @@
 
 A *request* is one listener at one time (a ranking group). Its inputs — familiar items,
 co-listening neighbours of them, popular lists of its segments, editorial picks of its
-market — are read through Feast by a ``FeatureReader``: offline (point in time, for
-training sets) or online (for serving). ``generate_candidates`` is a pure function of
-those inputs, so the same request yields the same candidates either way.
+market — are read through Feast: offline (point in time, for training sets) or online
+(for serving). ``read_candidate_inputs`` turns what a reader returns into flat numpy
+arrays (:class:`CandidateInputs`) and ``propose`` applies a shelf's rules to them, as
+array operations over every request at once: a batch of 50,000 training requests and the
+one request of a Home page run the same code, so the same request yields the same
+candidates either way. Serving's reader answers from memory and the online store without
+pandas (``ColumnReader``); any DataFrame ``FeatureReader`` works too.
 """
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -24,7 +28,7 @@ from training.core.shelves import (
     Shelf,
 )
 from training.features.store import FeatureSelection
-from training.features.tables import ALL_AGES, segment_ids
+from training.features.tables import ALL_AGES, segment_id
 
 LISTENER_FEATURES = [
     "listener_profile:market",
@@ -34,6 +38,7 @@ LISTENER_FEATURES = [
     "listener_familiar:familiar_content_types",
 ]
 CANDIDATE_COLUMNS = ["group", "item_id", "source", "reason"]
+FAMILIAR_REASON = "you play it often"
 
 
 class FeatureReader(Protocol):
@@ -42,233 +47,162 @@ class FeatureReader(Protocol):
     def read(self, features: FeatureSelection, entities: pd.DataFrame) -> pd.DataFrame: ...
 
 
+Columns = Mapping[str, Any]
+"""Name -> one value per row, in order (an array, list or Series)."""
+
+
+class ColumnReader(Protocol):
+    """Reads Feast features as columns: for entity columns (join keys and, offline,
+    event_timestamp), each feature's values in row order (a list feature as lists or
+    arrays; missing values as None or NaN)."""
+
+    def columns(self, features: list[str], entities: Columns) -> Columns: ...
+
+
+class FrameColumns:
+    """A ``ColumnReader`` over a DataFrame ``FeatureReader``."""
+
+    def __init__(self, reader: FeatureReader) -> None:
+        self.reader = reader
+
+    def columns(self, features: list[str], entities: Columns) -> Columns:
+        frame = self.reader.read(features, pd.DataFrame(dict(entities)))
+        return {name: frame[name].to_numpy(dtype=object) for name in frame.columns}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Lists:
+    """List features of many entity rows, flattened: element ``i`` is at ``position[i]``
+    of a list of request ``row[i]`` (an index into the requests); ``item`` holds codes
+    into ``CandidateInputs.items``, ``value`` the list's numbers (scores, listener
+    counts; NaN for lists without); neighbour lists also name their ``seed`` (an item
+    code) and its familiar rank ``seed_rank``."""
+
+    row: np.ndarray
+    item: np.ndarray
+    position: np.ndarray
+    value: np.ndarray
+    seed: np.ndarray
+    seed_rank: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def take(self, index: np.ndarray) -> "Lists":
+        """The elements at ``index`` (positions or a boolean mask)."""
+        return Lists(*(getattr(self, name)[index] for name in _LIST_FIELDS))
+
+    @staticmethod
+    def concat(parts: Sequence["Lists"]) -> "Lists":
+        if not parts:
+            return _NO_LISTS
+        return Lists(*(np.concatenate([getattr(p, name) for p in parts]) for name in _LIST_FIELDS))
+
+
+_LIST_FIELDS = ("row", "item", "position", "value", "seed", "seed_rank")
+_NO_LISTS = Lists(
+    *(np.zeros(0, dtype=np.float64 if n == "value" else np.int64) for n in _LIST_FIELDS)
+)
+
+
 @dataclass(frozen=True)
 class CandidateInputs:
-    """Everything stage 1 needs for a batch of requests, keyed by ``group``."""
+    """Everything stage 1 needs for a batch of requests (see ``read_candidate_inputs``).
 
-    listeners: pd.DataFrame  # group, market, age_bucket, account_age_days, familiar_*
-    neighbours: pd.DataFrame  # group, seed_item, seed_rank, neighbours_<type>, ...
-    popular: pd.DataFrame  # group, segment ("market" | "market_age"), popular_<type>, ...
-    editorial: pd.DataFrame  # group, editorial_<type>
+    ``listeners`` holds one array per column, one row per request: group, listener_id,
+    market, age_bucket (object, None when unknown), account_age_days (float, NaN when
+    unknown) and familiar_items (the list, or None). ``items`` is the sorted vocabulary
+    every ``Lists.item`` code indexes, so code order is item-id order."""
 
+    listeners: dict[str, np.ndarray]
+    items: np.ndarray
+    familiar: Lists  # position = familiar rank
+    familiar_types: np.ndarray  # content type of each familiar element
+    neighbours: dict[str, Lists]  # content type -> neighbours of each seed, value = score
+    popular: dict[tuple[str, str], Lists]  # (segment rows, list feature) -> value = listeners
+    editorial: dict[str, Lists]  # content type -> the market's picks
 
-def read_candidate_inputs(
-    reader: FeatureReader, requests: pd.DataFrame, shelves: list[Shelf]
-) -> CandidateInputs:
-    """Read the stage-1 inputs of ``requests`` (columns group, listener_id and, offline,
-    event_timestamp) for all ``shelves`` at once."""
-    extra = [c for c in ("event_timestamp",) if c in requests.columns]
-    listeners = pd.concat(
-        [
-            requests[["group", "listener_id", *extra]],
-            reader.read(LISTENER_FEATURES, requests[["listener_id", *extra]]),
-        ],
-        axis=1,
-    ).reset_index(drop=True)
-    types = sorted({t for shelf in shelves for t in shelf.content_types})
-
-    seeds = max(
-        (s.seeds for shelf in shelves for s in shelf.candidates if isinstance(s, NeighbourSource)),
-        default=0,
-    )
-    seed_rows = _familiar_rows(listeners, extra)
-    seed_rows = seed_rows[seed_rows["familiar_rank"] < seeds].rename(
-        columns={"item_id": "seed_item", "familiar_rank": "seed_rank"}
-    )
-    neighbour_features = [
-        f"item_neighbours:{prefix}_{t}"
-        for t in types
-        for prefix in ("neighbours", "neighbour_scores")
-    ]
-    neighbours = reader.read(
-        neighbour_features,
-        seed_rows[["seed_item", *extra]]
-        .astype({"seed_item": object})
-        .rename(columns={"seed_item": "item_id"}),
-    )
-    neighbours = pd.concat(
-        [
-            seed_rows[["group", "seed_item", "seed_rank"]].reset_index(drop=True),
-            neighbours.reset_index(drop=True),
-        ],
-        axis=1,
-    )
-
-    segments = pd.concat(
-        [
-            listeners.assign(
-                segment="market", segment_id=segment_ids(listeners["market"], ALL_AGES)
-            ),
-            listeners.assign(
-                segment="market_age",
-                segment_id=segment_ids(
-                    listeners["market"], listeners["age_bucket"].astype("string")
-                ),
-            ),
-        ],
-        ignore_index=True,
-    ).dropna(subset=["segment_id"])
-    popular_features = [
-        f"segment_popular:{prefix}_{t}{suffix}"
-        for _, prefix, count in POPULAR_LISTS.values()
-        for t in types
-        for suffix in ("", f"_{count}")
-    ]
-    popular_features = list(dict.fromkeys(popular_features))
-    popular = reader.read(popular_features, segments[["segment_id", *extra]])
-    popular = pd.concat(
-        [
-            segments[["group", "segment", "market", "age_bucket"]].reset_index(drop=True),
-            popular.reset_index(drop=True),
-        ],
-        axis=1,
-    )
-
-    markets = listeners.dropna(subset=["market"])
-    editorial = reader.read(
-        [f"market_editorial:editorial_{t}" for t in types],
-        markets[["market", *extra]].rename(columns={"market": "market_id"}),
-    )
-    editorial = pd.concat(
-        [markets[["group", "market"]].reset_index(drop=True), editorial.reset_index(drop=True)],
-        axis=1,
-    )
-    return CandidateInputs(listeners, neighbours, popular, editorial)
+    @property
+    def groups(self) -> np.ndarray:
+        return self.listeners["group"]
 
 
-def _list_array(values: pd.Series) -> pa.ListArray:
-    """A column of lists (numpy arrays offline, lists online, None when missing) in arrow."""
-    array = pa.array(values.to_numpy(dtype=object), from_pandas=True)
+@dataclass(frozen=True)
+class _Flat:
+    """Lists before their item ids are coded (``items`` still strings); ``seed`` indexes
+    the familiar elements (neighbour lists only)."""
+
+    row: np.ndarray
+    items: pa.Array
+    position: np.ndarray
+    value: np.ndarray
+    seed: np.ndarray | None = None
+    seed_rank: np.ndarray | None = None
+
+
+def _list_array(values: Sequence[Any], kind: pa.DataType) -> pa.ListArray:
+    """A column of lists (arrays or lists, None when missing) as an arrow list array."""
+    array = pa.array(np.asarray(values, dtype=object), from_pandas=True)
     if pa.types.is_null(array.type) or pa.types.is_null(array.type.value_type):
-        return array.cast(pa.list_(pa.string()))  # all missing or empty: no type to infer
+        return array.cast(pa.list_(kind))  # all missing or empty: no type to infer
     return array
 
 
-def _flat_values(lists: pa.ListArray) -> pd.Categorical | np.ndarray:
-    """The elements of ``lists`` in order; strings as a Categorical with sorted categories
-    (sorting, grouping and merging then work on integer codes, in string order)."""
-    flat = pc.list_flatten(lists)
-    if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
-        return flat.to_numpy(zero_copy_only=False)
-    encoded = flat.dictionary_encode()
+def _flatten(
+    items: Sequence[Any], values: Sequence[Any] | None, parent: np.ndarray
+) -> tuple[_Flat, np.ndarray]:
+    """The elements of each entity row's ``items`` list (and its parallel ``values``
+    list), each with its request ``parent[r]`` and position; and the entity row ``r`` of
+    each element."""
+    lists = _list_array(items, pa.string())
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    owner = np.repeat(np.arange(len(lists)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    position = (np.arange(len(owner)) - np.repeat(starts, lengths)).astype(np.int64)
+    if values is None:
+        numbers = np.full(len(owner), np.nan)
+    else:
+        flat_values = pc.list_flatten(_list_array(values, pa.float64()))
+        numbers = flat_values.to_numpy(zero_copy_only=False).astype(np.float64)
+        if len(numbers) != len(owner):
+            raise ValueError("a list and its values list differ in length")
+    items_flat = pc.list_flatten(lists).cast(pa.string())
+    return _Flat(np.asarray(parent, dtype=np.int64)[owner], items_flat, position, numbers), owner
+
+
+def _vocabulary(parts: Sequence[pa.Array]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The sorted distinct strings of ``parts`` and each part's codes into them."""
+    joined = pa.concat_arrays([pa.array([], pa.string()), *parts])
+    encoded = pc.dictionary_encode(joined)
     dictionary = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
     order = np.argsort(dictionary, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    return pd.Categorical.from_codes(codes, categories=dictionary[order])
+    bounds = np.cumsum([0] + [len(part) for part in parts])
+    return dictionary[order], [codes[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def _explode(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """One row per list element of ``columns`` (lists of equal length per row); a
-    ``position`` column holds the element's index in its list. Missing lists give no rows.
-    String elements and the other string columns become Categoricals (see _flat_values)."""
-    lists = [_list_array(frame[column]) for column in columns]
-    lengths = pc.fill_null(pc.list_value_length(lists[0]), 0).to_numpy(zero_copy_only=False)
-    parent = np.repeat(np.arange(len(frame)), lengths)
-    rest = frame.drop(columns=columns)
-    strings = [c for c in rest.columns if rest[c].dtype == object]
-    rest = rest.astype({column: "category" for column in strings})
-    exploded = rest.iloc[parent].reset_index(drop=True)
-    for column, values in zip(columns, lists, strict=True):
-        exploded[column] = _flat_values(values)
-    starts = np.cumsum(lengths) - lengths
-    exploded["position"] = np.arange(len(parent)) - np.repeat(starts, lengths)
-    return exploded
-
-
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """``pd.concat`` that keeps categorical columns categorical: their categories are
-    unified (sorted) first, where pandas would fall back to Python objects."""
-    frames = list(frames)
-    categorical = [
-        column
-        for column in frames[0].columns
-        if all(isinstance(f[column].dtype, pd.CategoricalDtype) for f in frames)
-    ]
-    for column in categorical:
-        categories = _union_categories([f[column] for f in frames])
-        frames = [f.assign(**{column: f[column].cat.set_categories(categories)}) for f in frames]
-    return pd.concat(frames, ignore_index=True)
-
-
-def _union_categories(columns: Sequence[pd.Series]) -> np.ndarray:
-    return np.unique(np.concatenate([c.cat.categories.to_numpy(dtype=object) for c in columns]))
-
-
-def _texts(template: str, frame: pd.DataFrame, columns: list[str]) -> pd.Categorical:
-    """``template.format(*values)`` for every row's ``columns``, formatted once per
-    distinct combination (there are few: seeds, markets, age buckets)."""
-    grouped = frame.groupby(columns, observed=True, sort=False, dropna=False)
-    codes = grouped.ngroup().to_numpy()
-    firsts = grouped.head(1)[columns].itertuples(index=False)
-    texts = np.array([template.format(*values) for values in firsts], dtype=object)
-    categories, inverse = np.unique(texts, return_inverse=True)
-    return pd.Categorical.from_codes(inverse[codes], categories=categories)
-
-
-def _familiar_rows(listeners: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
-    """group, item_id, content_type, familiar_rank: the familiar lists, one row per item."""
-    rows = _explode(
-        listeners[["group", *keep, "familiar_items", "familiar_content_types"]],
-        ["familiar_items", "familiar_content_types"],
-    )
-    return rows.rename(
-        columns={
-            "familiar_items": "item_id",
-            "familiar_content_types": "content_type",
-            "position": "familiar_rank",
-        }
+def _strings(values: Sequence[Any]) -> np.ndarray:
+    """An object array of str, None where missing."""
+    return np.array(
+        [
+            None if value is None or value is pd.NA or value != value else str(value)
+            for value in values
+        ],
+        dtype=object,
     )
 
 
-def _familiar_candidates(shelf: Shelf, source: FamiliarSource, inputs: CandidateInputs):
-    rows = _familiar_rows(inputs.listeners)
-    rows = rows[rows["content_type"].isin(shelf.content_types)].copy()
-    rows["rank"] = rows.groupby("group").cumcount()
-    rows["reason"] = pd.Categorical(["you play it often"] * len(rows))
-    rows["cand_familiar_rank"] = rows["familiar_rank"].astype(float)
-    return rows[["group", "item_id", "rank", "reason", "cand_familiar_rank"]]
-
-
-def _neighbour_candidates(shelf: Shelf, source: NeighbourSource, inputs: CandidateInputs):
-    seeds = inputs.neighbours[inputs.neighbours["seed_rank"] < source.seeds]
-    parts = [
-        _explode(
-            seeds[["group", "seed_item", f"neighbours_{t}", f"neighbour_scores_{t}"]],
-            [f"neighbours_{t}", f"neighbour_scores_{t}"],
-        ).rename(columns={f"neighbours_{t}": "item_id", f"neighbour_scores_{t}": "score"})
-        for t in shelf.content_types
-    ]
-    pairs = _concat(parts)
-    score = pairs["score"].to_numpy(dtype=np.float64)
-    key = _pair_keys(pairs)
-    # The best seed of each (request, item): highest score, then first seed id.
-    by_key = np.lexsort((pairs["seed_item"].cat.codes.to_numpy(), -score, key))
-    sorted_keys = key[by_key]
-    best = by_key[np.flatnonzero(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1))]
-    total = pd.Series(score).groupby(key).sum().to_numpy()  # by ascending key, as ``best``
-    group = pairs["group"].to_numpy()[best]
-    ranked = np.lexsort((pairs["item_id"].cat.codes.to_numpy()[best], -total, group))
-    scored = pairs.iloc[best[ranked]][["group", "item_id", "seed_item"]].reset_index(drop=True)
-    scored["cand_neighbour_score"] = total[ranked]
-    scored["rank"] = _ranks_in_group(scored["group"].to_numpy())
-    scored["reason"] = _texts("because you played {}", scored, ["seed_item"])
-    return scored[["group", "item_id", "rank", "reason", "cand_neighbour_score"]]
-
-
-def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
-    """One int64 per (group, item_id) of a frame whose item_id is a Categorical: requests
-    and items compared, deduplicated and looked up as one integer."""
-    items = frame["item_id"].cat
-    return frame["group"].to_numpy(dtype=np.int64) * len(items.categories) + items.codes.to_numpy(
-        dtype=np.int64
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    """Numbers as float64, NaN where missing."""
+    return np.array(
+        [np.nan if value is None or value is pd.NA else float(value) for value in values],
+        dtype=np.float64,
     )
-
-
-def _ranks_in_group(group: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal ``group`` values (``group`` sorted)."""
-    return np.arange(len(group)) - np.searchsorted(group, group, side="left")
 
 
 POPULAR_LISTS: dict[str, tuple[str, str, str]] = {
@@ -279,31 +213,236 @@ POPULAR_LISTS: dict[str, tuple[str, str, str]] = {
 """Popular source segment -> (segment rows it reads, list prefix, count suffix) in
 segment_popular."""
 
+Entities = Callable[[str, Any, np.ndarray], dict[str, Any]]
+"""(join key, ids, request rows) -> the entity columns of a read."""
 
-def _popular_candidates(shelf: Shelf, source: PopularSource, inputs: CandidateInputs):
-    rows_of, prefix, count = POPULAR_LISTS[source.segment]
-    lists = inputs.popular[inputs.popular["segment"] == rows_of]
-    parts = [
-        _explode(
-            lists[["group", "market", "age_bucket", f"{prefix}_{t}", f"{prefix}_{t}_{count}"]],
-            [f"{prefix}_{t}", f"{prefix}_{t}_{count}"],
-        ).rename(columns={f"{prefix}_{t}": "item_id", f"{prefix}_{t}_{count}": "listeners"})
-        for t in shelf.content_types
+
+def read_candidate_inputs(
+    reader: FeatureReader | ColumnReader,
+    requests: pd.DataFrame | Columns,
+    shelves: list[Shelf],
+) -> CandidateInputs:
+    """Read the stage-1 inputs of ``requests`` (columns group, listener_id and, offline,
+    event_timestamp) for all ``shelves`` at once."""
+    columns = (
+        cast(ColumnReader, reader)
+        if hasattr(reader, "columns")
+        else FrameColumns(cast(FeatureReader, reader))
+    )
+    times = pd.Series(requests["event_timestamp"]) if "event_timestamp" in requests else None
+
+    def entities(key: str, ids: Any, rows: np.ndarray) -> dict[str, Any]:
+        found: dict[str, Any] = {key: np.asarray(ids, dtype=object)}
+        if times is not None:
+            found["event_timestamp"] = times.iloc[rows].reset_index(drop=True)
+        return found
+
+    everyone = np.arange(len(requests["group"]))
+    read = columns.columns(
+        LISTENER_FEATURES, entities("listener_id", requests["listener_id"], everyone)
+    )
+    listeners = {
+        "group": np.asarray(requests["group"], dtype=np.int64),
+        "listener_id": _strings(requests["listener_id"]),
+        "market": _strings(read["market"]),
+        "age_bucket": _strings(read["age_bucket"]),
+        "account_age_days": _floats(read["account_age_days"]),
+        "familiar_items": np.asarray(read["familiar_items"], dtype=object),
+    }
+    familiar, _ = _flatten(read["familiar_items"], None, everyone)
+    familiar_types, _ = _flatten(read["familiar_content_types"], None, everyone)
+    if len(familiar_types.row) != len(familiar.row):
+        raise ValueError("familiar_items and familiar_content_types differ in length")
+    types = sorted({t for shelf in shelves for t in shelf.content_types})
+    neighbours = _read_neighbours(columns, entities, shelves, types, familiar)
+    popular = _read_popular(columns, entities, listeners, types)
+    editorial = _read_editorial(columns, entities, listeners, types)
+
+    flats = [familiar, *neighbours.values(), *popular.values(), *editorial.values()]
+    items, codes = _vocabulary([flat.items for flat in flats])
+    coded = iter(
+        Lists(
+            flat.row,
+            code,
+            flat.position,
+            flat.value,
+            codes[0][flat.seed] if flat.seed is not None else np.full(len(code), -1),
+            flat.seed_rank if flat.seed_rank is not None else np.zeros(len(code), np.int64),
+        )
+        for flat, code in zip(flats, codes, strict=True)
+    )
+    return CandidateInputs(
+        listeners,
+        items,
+        next(coded),
+        familiar_types.items.to_numpy(zero_copy_only=False).astype(object),
+        {key: next(coded) for key in neighbours},
+        {key: next(coded) for key in popular},
+        {key: next(coded) for key in editorial},
+    )
+
+
+def _read_neighbours(
+    columns: ColumnReader,
+    entities: Entities,
+    shelves: list[Shelf],
+    types: list[str],
+    familiar: _Flat,
+) -> dict[str, _Flat]:
+    """Neighbour lists of each request's first familiar items (its seeds)."""
+    sources = [s for shelf in shelves for s in shelf.candidates if isinstance(s, NeighbourSource)]
+    if not sources:
+        return {}
+    chosen = np.flatnonzero(familiar.position < max(s.seeds for s in sources))
+    seed_ids = familiar.items.take(pa.array(chosen, pa.int64())).to_numpy(zero_copy_only=False)
+    seed_rows = familiar.row[chosen]
+    names = [f"{prefix}_{t}" for t in types for prefix in ("neighbours", "neighbour_scores")]
+    read = columns.columns(
+        [f"item_neighbours:{name}" for name in names], entities("item_id", seed_ids, seed_rows)
+    )
+    result = {}
+    for t in types:
+        flat, owner = _flatten(read[f"neighbours_{t}"], read[f"neighbour_scores_{t}"], seed_rows)
+        seed = chosen[owner]
+        result[t] = _Flat(
+            flat.row, flat.items, flat.position, flat.value, seed, familiar.position[seed]
+        )
+    return result
+
+
+def _segments(listeners: dict[str, np.ndarray], rows_of: str) -> tuple[np.ndarray, list[str]]:
+    """The requests with a segment of kind ``rows_of`` (market | market_age), and its id."""
+    ids = [
+        segment_id(market, ALL_AGES if rows_of == "market" else age_bucket)
+        for market, age_bucket in zip(listeners["market"], listeners["age_bucket"], strict=True)
     ]
-    rows = _concat(parts)
-    rows["listeners"] = rows["listeners"].astype(float)
-    rows = rows.sort_values(["group", "listeners", "item_id"], ascending=[True, False, True])
-    rows["rank"] = _ranks_in_group(rows["group"].to_numpy())
-    template = {
-        "market": "popular in {1}",
-        "market_age": "popular with {0} listeners in {1}",
-        "market_age_new": "what new {0} listeners in {1} play",
-    }[source.segment]
-    rows["reason"] = _texts(template, rows, ["age_bucket", "market"])
+    rows = np.array([row for row, found in enumerate(ids) if found is not None], dtype=np.int64)
+    return rows, [ids[row] for row in rows]
+
+
+def _read_popular(
+    columns: ColumnReader, entities: Entities, listeners: dict[str, np.ndarray], types: list[str]
+) -> dict[tuple[str, str], _Flat]:
+    """Each request's popular lists: (segment rows, list feature) -> the lists."""
+    result = {}
+    for rows_of in sorted({rows_of for rows_of, _, _ in POPULAR_LISTS.values()}):
+        rows, ids = _segments(listeners, rows_of)
+        lists = sorted({(p, c) for seg, p, c in POPULAR_LISTS.values() if seg == rows_of})
+        names = [f"{p}_{t}{suffix}" for p, c in lists for t in types for suffix in ("", f"_{c}")]
+        read = columns.columns(
+            [f"segment_popular:{name}" for name in names], entities("segment_id", ids, rows)
+        )
+        for prefix, count in lists:
+            for t in types:
+                flat, _ = _flatten(read[f"{prefix}_{t}"], read[f"{prefix}_{t}_{count}"], rows)
+                result[(rows_of, f"{prefix}_{t}")] = flat
+    return result
+
+
+def _read_editorial(
+    columns: ColumnReader, entities: Entities, listeners: dict[str, np.ndarray], types: list[str]
+) -> dict[str, _Flat]:
+    """The editorial lists of each request's market, per content type."""
+    rows = np.array([r for r, m in enumerate(listeners["market"]) if m is not None], np.int64)
+    markets = listeners["market"][rows]
+    read = columns.columns(
+        [f"market_editorial:editorial_{t}" for t in types], entities("market_id", markets, rows)
+    )
+    return {t: _flatten(read[f"editorial_{t}"], None, rows)[0] for t in types}
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class Proposals:
+    """One source's candidates: request row, item code, rank within the request (its
+    proposal order), reason text and the signals it carries into ranking."""
+
+    row: np.ndarray
+    item: np.ndarray
+    rank: np.ndarray
+    reason: np.ndarray
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _ranks_in_group(group: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal ``group`` values (``group`` sorted)."""
+    return np.arange(len(group)) - np.searchsorted(group, group, side="left")
+
+
+def _texts(template: str, values: Sequence[tuple[Any, ...]]) -> np.ndarray:
+    """``template.format(*value)`` for each value, formatted once per distinct value."""
+    cache: dict[tuple[Any, ...], str] = {}
+    texts = np.empty(len(values), dtype=object)
+    for index, value in enumerate(values):
+        if value not in cache:
+            cache[value] = template.format(*value)
+        texts[index] = cache[value]
+    return texts
+
+
+def _request_texts(template: str, inputs: CandidateInputs, columns: list[str]) -> np.ndarray:
+    """``template`` filled with each request's ``columns`` of ``inputs.listeners``."""
+    values = zip(*(inputs.listeners[column] for column in columns), strict=True)
+    return _texts(template, list(values))
+
+
+def _familiar_candidates(
+    shelf: Shelf, source: FamiliarSource, inputs: CandidateInputs
+) -> Proposals:
+    rows = inputs.familiar.take(np.isin(inputs.familiar_types, shelf.content_types))
+    rows = rows.take(np.lexsort((rows.position, inputs.groups[rows.row])))
+    reason = np.full(len(rows), FAMILIAR_REASON, dtype=object)
+    rank = _ranks_in_group(inputs.groups[rows.row])
+    return Proposals(
+        rows.row, rows.item, rank, reason, {"cand_familiar_rank": rows.position.astype(float)}
+    )
+
+
+def _neighbour_candidates(
+    shelf: Shelf, source: NeighbourSource, inputs: CandidateInputs
+) -> Proposals:
+    pairs = Lists.concat([inputs.neighbours[t] for t in shelf.content_types])
+    pairs = pairs.take(pairs.seed_rank < source.seeds)
+    group = inputs.groups[pairs.row]
+    key = group * len(inputs.items) + pairs.item
+    # The best seed of each (request, item): highest score, then first seed id.
+    by_key = np.lexsort((pairs.seed, -pairs.value, key))
+    sorted_keys = key[by_key]
+    best = by_key[np.flatnonzero(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1))]
+    _, inverse = np.unique(key, return_inverse=True)
+    total = np.bincount(inverse, weights=pairs.value)  # by ascending key, as ``best``
+    ranked = np.lexsort((pairs.item[best], -total, group[best]))
+    chosen = best[ranked]
+    seeds, seed_of = np.unique(pairs.seed[chosen], return_inverse=True)
+    reason = _texts("because you played {}", [(seed,) for seed in inputs.items[seeds]])[seed_of]
+    return Proposals(
+        pairs.row[chosen],
+        pairs.item[chosen],
+        _ranks_in_group(group[chosen]),
+        reason,
+        {"cand_neighbour_score": total[ranked]},
+    )
+
+
+_POPULAR_REASONS = {
+    "market": "popular in {1}",
+    "market_age": "popular with {0} listeners in {1}",
+    "market_age_new": "what new {0} listeners in {1} play",
+}
+
+
+def _popular_candidates(shelf: Shelf, source: PopularSource, inputs: CandidateInputs) -> Proposals:
+    rows_of, prefix, _ = POPULAR_LISTS[source.segment]
+    rows = Lists.concat([inputs.popular[(rows_of, f"{prefix}_{t}")] for t in shelf.content_types])
+    group = inputs.groups[rows.row]
+    rows = rows.take(np.lexsort((rows.item, -rows.value, group)))
+    reason = _request_texts(_POPULAR_REASONS[source.segment], inputs, ["age_bucket", "market"])
+    rank = _ranks_in_group(inputs.groups[rows.row])
     rank_name, listeners_name = _popular_feature_names(source)
-    rows[rank_name] = rows["rank"].astype(float)
-    rows[listeners_name] = rows["listeners"]
-    return rows[["group", "item_id", "rank", "reason", rank_name, listeners_name]]
+    signals = {rank_name: rank.astype(float), listeners_name: rows.value}
+    return Proposals(rows.row, rows.item, rank, reason[rows.row], signals)
 
 
 def _popular_feature_names(source: PopularSource) -> tuple[str, str]:
@@ -311,24 +450,19 @@ def _popular_feature_names(source: PopularSource) -> tuple[str, str]:
     return f"cand_popular_{source.segment}_rank", f"cand_popular_{source.segment}_{count}"
 
 
-def _editorial_candidates(shelf: Shelf, source: EditorialSource, inputs: CandidateInputs):
-    parts = [
-        _explode(
-            inputs.editorial[["group", "market", f"editorial_{t}"]], [f"editorial_{t}"]
-        ).rename(columns={f"editorial_{t}": "item_id"})
-        for t in shelf.content_types
-    ]
-    rows = _concat(parts)
+def _editorial_candidates(
+    shelf: Shelf, source: EditorialSource, inputs: CandidateInputs
+) -> Proposals:
+    rows = Lists.concat([inputs.editorial[t] for t in shelf.content_types])
     # Newest first across types: interleave each type's list by its position.
-    rows = rows.sort_values(["group", "position", "item_id"])
-    rows["rank"] = _ranks_in_group(rows["group"].to_numpy())
-    rows["reason"] = _texts("editors' pick in {}", rows, ["market"])
-    rows["cand_editorial_rank"] = rows["rank"].astype(float)
-    return rows[["group", "item_id", "rank", "reason", "cand_editorial_rank"]]
+    rows = rows.take(np.lexsort((rows.item, rows.position, inputs.groups[rows.row])))
+    rank = _ranks_in_group(inputs.groups[rows.row])
+    reason = _request_texts("editors' pick in {}", inputs, ["market"])[rows.row]
+    return Proposals(rows.row, rows.item, rank, reason, {"cand_editorial_rank": rank.astype(float)})
 
 
-CandidateSource = Callable[[Shelf, Any, CandidateInputs], pd.DataFrame]
-"""Stage-1 rows of one source of a shelf: group, item_id, rank, reason and its signals."""
+CandidateSource = Callable[[Shelf, Any, CandidateInputs], Proposals]
+"""Stage-1 proposals of one source of a shelf."""
 
 _SOURCES: dict[str, CandidateSource] = {
     "familiar": _familiar_candidates,
@@ -354,14 +488,20 @@ def candidate_feature_names(shelf: Shelf) -> list[str]:
     return names
 
 
-def in_audience(shelf: Shelf, account_age_days: pd.Series) -> np.ndarray:
+def _as_floats(values: Any) -> np.ndarray:
+    if isinstance(values, pd.Series):
+        return pd.to_numeric(values).to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.asarray(values, dtype=np.float64)
+
+
+def in_audience(shelf: Shelf, account_age_days: Any) -> np.ndarray:
     """Which requests the shelf is shown to (and evaluated on); unknown listeners (no
     account age) count as new. Training uses every listener: the model learns from all."""
+    age = _as_floats(account_age_days)
     limit = shelf.audience.max_account_age_days
     if limit is None:
-        return np.ones(len(account_age_days), dtype=bool)
-    age = account_age_days.astype(float)
-    return (age.isna() | (age <= limit)).to_numpy()
+        return np.ones(len(age), dtype=bool)
+    return np.isnan(age) | (age <= limit)
 
 
 def audience_rows(shelf: Shelf, rows: pd.DataFrame) -> pd.DataFrame:
@@ -370,49 +510,89 @@ def audience_rows(shelf: Shelf, rows: pd.DataFrame) -> pd.DataFrame:
     return rows[in_audience(shelf, rows["account_age_days"])].reset_index(drop=True)
 
 
-def generate_candidates(shelf: Shelf, inputs: CandidateInputs) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Candidates:
+    """A shelf's candidates for a batch of requests, as arrays: one element per (request,
+    item), sorted by group then proposal order; ``signals`` in
+    ``candidate_feature_names`` order (NaN where a source did not propose the item)."""
+
+    group: np.ndarray
+    item_id: np.ndarray
+    source: np.ndarray
+    reason: np.ndarray
+    signals: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    def frame(self) -> pd.DataFrame:
+        """The candidates as a DataFrame: ``CANDIDATE_COLUMNS`` + the signals."""
+        columns = {
+            "group": self.group,
+            "item_id": self.item_id,
+            "source": self.source,
+            "reason": self.reason,
+            **self.signals,
+        }
+        return pd.DataFrame(columns)
+
+
+def propose(shelf: Shelf, inputs: CandidateInputs) -> Candidates:
     """Candidates of ``shelf`` for every request in ``inputs``.
 
     Sources are merged in declaration order; an item proposed by several sources keeps the
     first one as its ``source`` and ``reason`` but carries every source's signal
     (``candidate_feature_names``). Familiar items are removed from discovery shelves, and
-    each request keeps at most ``max_candidates``. Returns one row per (group, item) with
-    columns ``CANDIDATE_COLUMNS`` + the candidate features, sorted by group then proposal
-    order.
+    each request keeps at most ``max_candidates``.
     """
+    n_items = len(inputs.items)
     outputs = [_SOURCES[source.kind](shelf, source, inputs) for source in shelf.candidates]
-    excluded = [_familiar_rows(inputs.listeners)] if shelf.exclude_familiar else []
-    # One item vocabulary for every frame compared below, so (group, item) keys match.
-    vocabulary = _union_categories([frame["item_id"] for frame in outputs + excluded])
-
-    def recoded(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.assign(item_id=frame["item_id"].cat.set_categories(vocabulary))
-
-    outputs = [recoded(rows) for rows in outputs]
-    proposals, signals = [], []
-    for order, (source, rows) in enumerate(zip(shelf.candidates, outputs, strict=True)):
-        signals.append(rows.drop(columns=["rank", "reason"]))
-        top = rows[rows["rank"] < source.limit]
-        proposals.append(
-            top[["group", "item_id", "rank", "reason"]].assign(order=order, source=source.kind)
-        )
-    merged = _concat(proposals)
-    merged = merged.iloc[np.lexsort((merged["rank"], merged["order"], merged["group"]))]
-    keys = _pair_keys(merged)
-    keep = ~pd.Index(keys).duplicated()
-    for frame in excluded:
-        keep &= ~np.isin(keys, _pair_keys(recoded(frame)))
+    kept = [out.rank < source.limit for source, out in zip(shelf.candidates, outputs, strict=True)]
+    row = np.concatenate([out.row[top] for out, top in zip(outputs, kept, strict=True)])
+    item = np.concatenate([out.item[top] for out, top in zip(outputs, kept, strict=True)])
+    rank = np.concatenate([out.rank[top] for out, top in zip(outputs, kept, strict=True)])
+    reason = np.concatenate([out.reason[top] for out, top in zip(outputs, kept, strict=True)])
+    order = np.concatenate(
+        [np.full(int(top.sum()), index) for index, top in enumerate(kept)]
+    ).astype(np.int64)
+    group = inputs.groups[row]
+    merged = np.lexsort((rank, order, group))
+    keys = group[merged] * n_items + item[merged]
+    _, first = np.unique(keys, return_index=True)
+    keep = np.zeros(len(keys), dtype=bool)
+    keep[first] = True
+    if shelf.exclude_familiar:
+        familiar = inputs.familiar
+        keep &= ~np.isin(keys, inputs.groups[familiar.row] * n_items + familiar.item)
     merged, keys = merged[keep], keys[keep]
-    within = _ranks_in_group(merged["group"].to_numpy()) < shelf.max_candidates
-    candidates = merged[within][CANDIDATE_COLUMNS].reset_index(drop=True)
-    keys = keys[within]
-    for signal in signals:
-        signal_keys = _pair_keys(signal)
-        first = ~pd.Index(signal_keys).duplicated()
-        found = pd.Index(signal_keys[first]).get_indexer(keys)
-        for name in [c for c in signal.columns if c not in candidates.columns]:
-            # A trailing NaN is what index -1 (not proposed by this source) reads.
-            values = np.append(signal[name].to_numpy(dtype=np.float64)[first], np.nan)
-            candidates[name] = values[found]
-    candidates = candidates.astype({"item_id": object, "reason": object})
-    return candidates[CANDIDATE_COLUMNS + candidate_feature_names(shelf)]
+    within = _ranks_in_group(group[merged]) < shelf.max_candidates
+    merged, keys = merged[within], keys[within]
+    kinds = np.array([source.kind for source in shelf.candidates], dtype=object)
+    signals: dict[str, np.ndarray] = {}
+    for out in outputs:
+        found = _positions(inputs.groups[out.row] * n_items + out.item, keys)
+        for name, values in out.signals.items():
+            # A trailing NaN is what -1 (not proposed by this source) reads.
+            signals.setdefault(name, np.append(values, np.nan)[found])
+    return Candidates(
+        group[merged],
+        inputs.items[item[merged]],
+        kinds[order[merged]],
+        reason[merged],
+        {name: signals[name] for name in candidate_feature_names(shelf)},
+    )
+
+
+def _positions(source_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """For each of ``keys``, its first position in ``source_keys``, or -1."""
+    unique_keys, first = np.unique(source_keys, return_index=True)
+    if not len(unique_keys):
+        return np.full(len(keys), -1)
+    found = np.minimum(np.searchsorted(unique_keys, keys), len(unique_keys) - 1)
+    return np.where(unique_keys[found] == keys, first[found], -1)
+
+
+def generate_candidates(shelf: Shelf, inputs: CandidateInputs) -> pd.DataFrame:
+    """``propose`` as a DataFrame: one row per (group, item) with columns
+    ``CANDIDATE_COLUMNS`` + the candidate features, sorted by group then proposal order."""
+    return propose(shelf, inputs).frame()

@@ -86,10 +86,20 @@ arrays of 8 bytes a cell). Measured on a 100k-event, 215-day log: 40M cells peak
 2.9 GB in 16 s, 3M at 0.72 GB in 10 s (smaller arrays stay in cache); 1.5M was slower."""
 
 
+SEGMENT_SEPARATOR = "|"
+
+
 def segment_ids(market: pd.Series, age_bucket: pd.Series | str) -> pd.Series:
     """Keys of popularity segments: ``"<market>|<age bucket>"``, or ``"<market>|all"``
     (``ALL_AGES``) for the whole market. Missing markets give missing keys."""
-    return market.astype("string") + "|" + age_bucket
+    return market.astype("string") + SEGMENT_SEPARATOR + age_bucket
+
+
+def segment_id(market: str | None, age_bucket: str | None) -> str | None:
+    """``segment_ids`` of one listener; None when the market or age bucket is missing."""
+    if market is None or age_bucket is None:
+        return None
+    return f"{market}{SEGMENT_SEPARATOR}{age_bucket}"
 
 
 def _listener_segments(listeners: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -399,6 +399,39 @@ class ShelfRanker(BaseEstimator):
         )
         return np.asarray(scores, dtype=np.float64)
 
+    def predict_columns(self, columns: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+        """``predict`` for features given as arrays (name -> one value per row), without
+        a DataFrame: the contract's columns in a float32 matrix, categorical values as
+        codes of the learned categories (unseen or missing: NaN), scored in place.
+        Returns what ``predict`` returns for the same values."""
+        check_is_fitted(self, "booster_")
+        missing = [name for name in self.feature_names_ if name not in columns]
+        if missing:
+            raise ValueError(f"missing feature column(s): {', '.join(map(repr, missing))}")
+        matrix = np.empty((rows, len(self.feature_names_)), dtype=np.float32)
+        for j, name in enumerate(self.feature_names_):
+            values = columns[name]
+            if name in self.categories_:
+                codes = self._category_codes(name)
+                matrix[:, j] = [codes.get(value, np.nan) for value in values]
+            elif values.dtype.kind in "fiub":
+                matrix[:, j] = values
+            else:
+                matrix[:, j] = [np.nan if value is None else value for value in values]
+        if rows == 0:
+            return np.zeros(0, dtype=np.float64)
+        scores = self.booster_.inplace_predict(
+            matrix, iteration_range=(0, self.best_iteration_ + 1)
+        )
+        return np.asarray(scores, dtype=np.float64)
+
+    def _category_codes(self, name: str) -> dict[Any, float]:
+        """Category -> its code, for feature ``name`` (cached)."""
+        cache = self.__dict__.setdefault("_codes", {})
+        if name not in cache:
+            cache[name] = {value: float(code) for code, value in enumerate(self.categories_[name])}
+        return cache[name]
+
 
 class HeuristicRanker(BaseEstimator):
     """The heuristic a shelf used before ML, as a linear score over named columns.

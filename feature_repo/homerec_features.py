@@ -475,29 +475,40 @@ market_editorial = FeatureView(
 )
 def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
     # Feast runs this function from its source text: it may use only its own imports.
+    # ``inputs`` is a DataFrame (Feast) or any mapping of columns (serving passes numpy
+    # arrays): only column access and numpy are used on it.
     import numpy as np
     import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    def objects(column: str) -> np.ndarray:
+        return np.asarray(inputs[column], dtype=object)
+
+    def number(column: str) -> np.ndarray:
+        values = inputs[column]
+        if isinstance(values, pd.Series):
+            return pd.to_numeric(values).to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.asarray(values, dtype=np.float64)
+
     def lists(column: str, kind: pa.DataType) -> pa.ListArray:
-        return pa.array(inputs[column].to_numpy(dtype=object), type=pa.list_(kind))
+        return pa.array(objects(column), type=pa.list_(kind))
 
     def lengths(values: pa.ListArray) -> np.ndarray:
         return pc.fill_null(pc.list_value_length(values), 0).to_numpy()
 
-    n = len(inputs)
     genres = lists("top_genres_28d", pa.string())
+    n = len(genres)
     shares = lists("top_genre_shares_28d", pa.float64())
     row = np.repeat(np.arange(n), lengths(genres))
     flat_genres = pc.list_flatten(genres).to_numpy(zero_copy_only=False)
     flat_shares = pc.list_flatten(shares).to_numpy(zero_copy_only=False)
-    matches = flat_genres == inputs["genre"].to_numpy(dtype=object)[row]
+    matches = flat_genres == objects("genre")[row]
     affinity = np.bincount(row[matches], weights=flat_shares[matches], minlength=n)
     daypart_match = np.zeros(n)
     for part in ("night", "morning", "afternoon", "evening"):
-        listener_share = pd.to_numeric(inputs[f"share_{part}_28d"]).fillna(0.0).to_numpy()
-        item_share = pd.to_numeric(inputs[f"item_share_{part}_28d"]).fillna(0.0).to_numpy()
+        listener_share = np.nan_to_num(number(f"share_{part}_28d"))
+        item_share = np.nan_to_num(number(f"item_share_{part}_28d"))
         daypart_match += listener_share * item_share
     listener = lists("taste_vector", pa.float64())
     item = lists("item_taste_vector", pa.float64())
@@ -511,10 +522,12 @@ def listener_item_match(inputs: pd.DataFrame) -> pd.DataFrame:
         listener_vectors = pc.list_flatten(listener.filter(chosen)).to_numpy().reshape(shape)
         item_vectors = pc.list_flatten(item.filter(chosen)).to_numpy().reshape(shape)
         taste_match[rows] = (listener_vectors * item_vectors).sum(axis=1)
+    market, item_market = objects("market"), objects("item_market")
+    known = np.array([m is not None and m == m for m in market], dtype=bool)  # not NaN
     return pd.DataFrame(
         {
             "genre_affinity_28d": affinity,
-            "same_market": (inputs["market"] == inputs["item_market"]).astype("int64").to_numpy(),
+            "same_market": (known & (market == item_market)).astype("int64"),
             "daypart_match_28d": daypart_match,
             "taste_match": taste_match,
         }
@@ -565,16 +578,28 @@ request_time = RequestSource(
 )
 def listener_item_relative(inputs: pd.DataFrame) -> pd.DataFrame:
     # Feast runs this function from its source text: it may use only its own imports.
+    # ``inputs`` is a DataFrame (Feast) or any mapping of columns (serving passes numpy
+    # arrays): only column access and numpy are used on it.
     import numpy as np
     import pandas as pd
 
     from training.core.constants import CONTENT_TYPES, LONG_WINDOW_DAYS
 
     def number(column: str) -> np.ndarray:
-        return pd.to_numeric(inputs[column]).to_numpy(dtype=np.float64, na_value=np.nan)
+        values = inputs[column]
+        if isinstance(values, pd.Series):
+            return pd.to_numeric(values).to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.asarray(values, dtype=np.float64)
 
-    read_at = pd.to_datetime(inputs["event_timestamp"], utc=True)
-    today = ((read_at - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(days=1)).to_numpy(np.float64)
+    def day_numbers(column: str) -> np.ndarray:
+        """Days since the epoch (UTC) of each timestamp; numpy datetime64 values are UTC."""
+        values = inputs[column]
+        if isinstance(values, np.ndarray) and values.dtype.kind == "M":
+            return values.astype("datetime64[D]").astype(np.int64).astype(np.float64)
+        stamps = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
+        return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(days=1)).to_numpy(np.float64)
+
+    today = day_numbers("event_timestamp")
     plays = number("pair_plays_28d")
     closed = plays == 0
     since_last = np.minimum(today - number("pair_last_play_day"), LONG_WINDOW_DAYS + 1)

@@ -1,44 +1,45 @@
 """Fast online feature reads for serving, through the same Feast definitions.
 
-``FeatureStore.get_online_features`` spends about 90 ms on a Home page's 300 candidates
-here, almost all of it in per-row Python around the store read. Serving reads the same
-feature views, FeatureServices and on-demand views two cheaper ways:
+``FeatureStore.get_online_features`` spends tens of milliseconds on a Home page's
+candidates, almost all of it in per-row Python around the store read. Serving reads the
+same feature views, FeatureServices and on-demand views as arrays:
 
 * **Entity snapshot.** Views keyed by anything but the listener (item stats, item
   neighbours, popular per segment, editorial per market) are the same for every request.
   :class:`EntitySnapshot` reads each of them once, with ``get_online_features`` itself, for
-  every entity id of the view's offline source, and keeps the frames in memory. Its
-  ``version`` is the views' materialization record in the Feast registry (latest end and
-  number of loads): any later materialization, including a full reload over the same
-  window, makes it stale (:meth:`EntitySnapshot.is_current`) and serving reloads.
+  every entity id of the view's offline source, and keeps one array per feature, indexed
+  by entity id. Its ``version`` is the views' materialization record in the Feast
+  registry (latest end and number of loads): any later materialization, including a full
+  reload over the same window, makes it stale (:meth:`EntitySnapshot.is_current`) and
+  serving loads a new one and swaps it in whole.
 * **Per-request views** (the listener's profile and familiar items, listener × item
-  pairs): one batched ``online_read`` of Feast's online store per view (SQLite or Redis),
-  values decoded as ``OnlineResponse`` decodes them.
+  pairs): every view of a read in one round trip to the online store, decoded straight
+  into arrays (serving/online_rows.py). A Home page reads through a :class:`PageReader`,
+  which keeps what it read: the listener once for stage 1 and every shelf, and the pairs
+  of every shelf's candidates prefetched together.
 
-On-demand feature views run their own transformation on the assembled inputs; a request
-field (the read time of ``listener_item_relative``) is the snapshot's ``as_of``, the time
-the online store's values describe. The parity test checks that
-:class:`FastOnlineReader` returns the values ``OnlineReader`` (``get_online_features``)
-returns for the same rows.
+On-demand feature views run their own transformation (their functions take any mapping
+of columns) on those arrays, once per entity row of a page; a request field (the read
+time of ``listener_item_relative``) is the snapshot's ``as_of``, the time the online
+store's values describe. The parity tests (tests/serving_checks.py) check that
+:class:`FastOnlineReader` and a page return the values ``OnlineReader``
+(``get_online_features``) returns for the same rows, on SQLite and on Redis.
 """
 
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from feast import FeatureService, FeatureStore, FeatureView, FileSource, OnDemandFeatureView
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
-from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
-from feast.value_type import ValueType
 
+from serving.online_rows import Columns, RowRead, RowsRead, column, is_numeric, online_rows
 from training.features.store import (
     FeatureSelection,
     OnlineReader,
@@ -156,10 +157,10 @@ class SnapshotView:
     def nbytes(self) -> int:
         """Bytes of the arrays and of the list and string values they hold."""
         total = sum(sys.getsizeof(key) + 8 for key in self.index)
-        for column in self.columns.values():
-            total += column.nbytes
-            if column.dtype == object:
-                total += sum(_value_bytes(value) for value in column)
+        for values in self.columns.values():
+            total += values.nbytes
+            if values.dtype == object:
+                total += sum(_value_bytes(value) for value in values)
         return total
 
 
@@ -179,7 +180,7 @@ def _snapshot_view(view: FeatureView, reader: OnlineReader, ids: pd.DataFrame) -
     ]
     frame = pd.concat(parts) if parts else pd.DataFrame(columns=feature_names(references))
     columns = {
-        feature.name: _column(frame[feature.name].tolist(), str(feature.dtype) in NUMERIC_TYPES)
+        feature.name: column(frame[feature.name].tolist(), is_numeric(view, feature.name))
         for feature in view.features
     }
     index = {str(entity): row for row, entity in enumerate(ids[key])}
@@ -244,67 +245,23 @@ class EntitySnapshot:
 # --------------------------------------------------------------------------- the reader
 
 
-_MISSING = Value()
-"""What ``get_online_features`` returns for a value the store does not hold."""
-
-
-_SCALARS = frozenset(
-    ("int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val")
-)
-"""Value kinds decoded by plain attribute access (as Feast decodes them, faster)."""
-
-NUMERIC_TYPES = frozenset(("Int32", "Int64", "Float32", "Float64"))
-"""Feast dtypes read as float64 columns (NaN when missing); the others as objects."""
-
-Columns = dict[str, np.ndarray]
-"""Feature name -> one value per entity row."""
 EntityColumns = Mapping[str, Any]
 """Join key -> one value per entity row (an array, list or Series)."""
 
 
-def _decoded(values: list[Value]) -> list:
-    """Python values as ``OnlineResponse`` decodes them (Feast's own decoder for anything
-    but scalars), missing values as None."""
-    decoded: list[Any] = []
-    for value in values:
-        kind = value.WhichOneof("val")
-        if kind is None:
-            decoded.append(None)
-        elif kind in _SCALARS:
-            decoded.append(getattr(value, kind))
-        else:
-            decoded.append(feast_value_type_to_python_type(value))
-    return decoded
-
-
-def _column(values: list, numeric: bool) -> np.ndarray:
-    """Decoded values as a float64 array (None as NaN) or an object array."""
-    if numeric:
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
-
-
-def _taken(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``column[rows]`` with rows -1 missing: NaN for numbers, None for objects."""
-    if len(column) == 0:
-        fill = np.nan if column.dtype.kind in "fiu" else None
-        return np.full(len(rows), fill, dtype=np.float64 if fill is not None else object)
-    taken = column[rows]
+def _taken(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]`` with rows -1 missing: NaN for numbers, None for objects."""
+    numeric = values.dtype.kind in "fiu"
+    if len(values) == 0:
+        return column([None] * len(rows), numeric)
+    taken = values[rows]
     missing = rows < 0
     if not missing.any():
         return taken
-    if column.dtype.kind in "fiu":
+    if numeric:
         return np.where(missing, np.nan, taken.astype(np.float64))
     taken[missing] = None
     return taken
-
-
-def _entity_values(values: list, value_type: ValueType) -> list[Value]:
-    if value_type == ValueType.STRING:
-        return [Value(string_val=str(value)) for value in values]
-    return python_values_to_proto_values(values, value_type)
 
 
 @dataclass
@@ -320,6 +277,21 @@ class ViewRows:
         for name, values in columns.items():
             old = self.columns.get(name)
             self.columns[name] = values if old is None else np.concatenate([old, values])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A per-request view's part of a read: its entity rows and the ones to fetch."""
+
+    request: ViewRequest
+    rows: ViewRows
+    tuples: list[tuple]
+    new: list[tuple]
+    features: list[str]
 
 
 class FastOnlineReader:
@@ -338,11 +310,8 @@ class FastOnlineReader:
         self.store = store
         self.snapshot = snapshot
         self.on_missing = on_missing or (lambda view, rows: None)
-        self._online_store = store._get_provider().online_store
+        self._rows = online_rows(store)
         self._plans: dict[tuple, tuple[dict[str, ViewRequest], list[OnDemandFeatureView]]] = {}
-        self._entity_types = {
-            entity.join_key: entity.value_type for entity in store.list_entities()
-        }
 
     def _plan(self, selection: FeatureSelection):
         key = (selection.name,) if isinstance(selection, FeatureService) else tuple(selection)
@@ -353,61 +322,50 @@ class FastOnlineReader:
     def page(self) -> "PageReader":
         return PageReader(self)
 
-    def _online_read(
-        self, view: FeatureView, keys: list[str], rows: list[tuple], features: list[str]
-    ) -> Columns:
-        """One ``online_read`` of ``features`` for the entity ``rows`` (tuples of ``keys``)."""
-        types = [self._entity_types.get(key, ValueType.STRING) for key in keys]
-        values = [_entity_values([row[i] for row in rows], types[i]) for i in range(len(keys))]
-        entity_keys = [
-            EntityKey(join_keys=keys, entity_values=[column[r] for column in values])
-            for r in range(len(rows))
-        ]
-        results = self._online_store.online_read(
-            self.store.config, view, entity_keys, list(features)
-        )
-        found: dict[str, list[Value]] = {name: [] for name in features}
-        missing = 0
-        for _, row in results:
-            missing += row is None
-            for name in features:
-                found[name].append((row or {}).get(name) or _MISSING)
-        if missing:
-            self.on_missing(view.name, missing)
-        numeric = {f.name: str(f.dtype) in NUMERIC_TYPES for f in view.features}
-        return {name: _column(_decoded(found[name]), numeric[name]) for name in features}
+    def _online_read(self, reads: list[RowRead]) -> list[RowsRead]:
+        """One read of the online store (one round trip on Redis) for every view's rows."""
+        found = self._rows.read(reads)
+        for read, rows in zip(reads, found, strict=True):
+            if rows.missing:
+                self.on_missing(read.view.name, rows.missing)
+        return found
 
-    def _request_columns(
-        self,
-        request: ViewRequest,
-        entities: EntityColumns,
-        cache: dict[str, ViewRows] | None,
-    ) -> Columns:
-        """A per-request view's ``request.features`` for every entity row; rows already
-        in ``cache`` (a page's) are not read again, and new ones are added to it with
-        every feature of the view."""
+    def _pending(
+        self, request: ViewRequest, entities: EntityColumns, cache: dict[str, ViewRows] | None
+    ) -> _Pending:
+        """The entity rows of a per-request view and those not yet read: with a page's
+        ``cache``, rows it holds are not read again and new ones are read with every
+        feature of the view (later reads of the page find them)."""
         keys = _join_keys(request.view)
         tuples = list(zip(*(entities[key] for key in keys), strict=True))
-        valid = [row for row in dict.fromkeys(tuples) if not any(_missing(v) for v in row)]
         rows = cache.setdefault(request.view.name, ViewRows()) if cache is not None else ViewRows()
-        new = [row for row in valid if row not in rows.index]
+        new = [
+            row
+            for row in dict.fromkeys(tuples)
+            if row not in rows.index and not any(_missing(value) for value in row)
+        ]
         features = (
             [f.name for f in request.view.features] if cache is not None else request.features
         )
-        if new:
-            rows.add(new, self._online_read(request.view, keys, new, features))
-        positions = np.array([rows.index.get(row, -1) for row in tuples], dtype=np.intp)
-        numeric = {f.name: str(f.dtype) in NUMERIC_TYPES for f in request.view.features}
-        return {
-            name: _taken(rows.columns.get(name, _column([], numeric[name])), positions)
-            for name in request.features
-        }
+        return _Pending(request, rows, tuples, new, features)
 
-    def _view_columns(self, request: ViewRequest, entities, cache) -> Columns:
-        if request.view.name in self.snapshot.views:
-            (key,) = _join_keys(request.view)
-            return self.snapshot.columns(request.view.name, request.features, entities[key])
-        return self._request_columns(request, entities, cache)
+    def _fetch(self, pending: list[_Pending]) -> None:
+        """Read the new rows of every pending view, in one online read."""
+        todo = [p for p in pending if p.new]
+        reads = [
+            RowRead(p.request.view, _join_keys(p.request.view), p.new, p.features) for p in todo
+        ]
+        for part, found in zip(todo, self._online_read(reads) if reads else [], strict=True):
+            part.rows.add(part.new, found.columns)
+
+    @staticmethod
+    def _taken_rows(part: _Pending) -> Columns:
+        positions = np.array([part.rows.index.get(row, -1) for row in part.tuples], dtype=np.intp)
+        view = part.request.view
+        return {
+            name: _taken(part.rows.columns.get(name, column([], is_numeric(view, name))), positions)
+            for name in part.request.features
+        }
 
     def columns(
         self,
@@ -417,11 +375,22 @@ class FastOnlineReader:
     ) -> Columns:
         """``features`` for the entity rows (join-key columns of equal length), one array
         per feature: numbers as float64 (NaN when missing), anything else as objects
-        (None when missing); on-demand features computed on them."""
+        (None when missing); on-demand features computed on them. The per-request views
+        are read together, in one round trip."""
         views, on_demand = self._plan(features)
         found: Columns = {}
+        pending = []
         for request in views.values():
-            found.update(self._view_columns(request, entities, cache))
+            if request.view.name in self.snapshot.views:
+                (key,) = _join_keys(request.view)
+                found.update(
+                    self.snapshot.columns(request.view.name, request.features, entities[key])
+                )
+            else:
+                pending.append(self._pending(request, entities, cache))
+        self._fetch(pending)
+        for part in pending:
+            found.update(self._taken_rows(part))
         for odfv in on_demand:
             found.update(self._on_demand_rows(odfv, found, entities, cache))
         return {name: found[name] for name in feature_names(features)}
@@ -453,19 +422,19 @@ class FastOnlineReader:
         return {name: values[positions] for name, values in done.columns.items()}
 
     def _on_demand(self, odfv: OnDemandFeatureView, found: Columns, rows: int) -> Columns:
-        """The on-demand view's own transformation on its inputs; request fields (the
-        read time) are the snapshot's ``as_of``."""
+        """The on-demand view's own transformation on its input arrays (its functions take
+        any mapping of columns, see feature_repo); request fields (the read time) are the
+        snapshot's ``as_of``."""
         names = [
             feature.name
             for source in odfv.source_feature_view_projections.values()
             for feature in source.features
         ]
-        inputs = pd.DataFrame(
-            {name: found[name] for name in dict.fromkeys(names)}, index=pd.RangeIndex(rows)
-        )
+        inputs: dict[str, np.ndarray] = {name: found[name] for name in dict.fromkeys(names)}
+        read_time = pd.Timestamp(self.snapshot.as_of).tz_convert("UTC").tz_localize(None)
         for source in odfv.source_request_sources.values():
             for request_field in source.schema:
-                inputs[request_field.name] = self.snapshot.as_of
+                inputs[request_field.name] = np.full(rows, read_time.to_datetime64())
         transformation = odfv.feature_transformation
         if transformation is None:
             raise ValueError(f"on-demand view {odfv.name!r} has no transformation")
@@ -478,10 +447,6 @@ class FastOnlineReader:
             return pd.DataFrame(columns=names, index=entities.index)
         columns = self.columns(features, {key: entities[key].tolist() for key in entities.columns})
         return pd.DataFrame(columns, index=entities.index)[names]
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 class PageReader:
@@ -500,14 +465,15 @@ class PageReader:
         """Read (in one online read per view) the per-request rows of ``entities`` that
         any of ``selections`` needs, for later ``columns`` calls to find."""
         views = {
-            request.view.name: request.view
+            request.view.name: request
             for selection in selections
             for request in self.reader._plan(selection)[0].values()
             if request.view.name not in self.reader.snapshot.views
             and set(_join_keys(request.view)) <= set(entities)
         }
-        for view in views.values():
-            self.reader._request_columns(ViewRequest(view), entities, self.cache)
+        self.reader._fetch(
+            [self.reader._pending(request, entities, self.cache) for request in views.values()]
+        )
         for selection in selections:  # on-demand features of the union, once
             self.columns(selection, entities)
 
@@ -517,8 +483,14 @@ class SnapshotReader(FastOnlineReader):
     per-request view missing (as for an unknown listener). Used when the store fails, so
     a shelf can still show popular and editorial cards ranked by its heuristic."""
 
-    def _online_read(
-        self, view: FeatureView, keys: list[str], rows: list[tuple], features: list[str]
-    ) -> Columns:
-        numeric = {f.name: str(f.dtype) in NUMERIC_TYPES for f in view.features}
-        return {name: _column([None] * len(rows), numeric[name]) for name in features}
+    def _online_read(self, reads: list[RowRead]) -> list[RowsRead]:
+        return [
+            RowsRead(
+                {
+                    name: column([None] * len(read.rows), is_numeric(read.view, name))
+                    for name in read.features
+                },
+                len(read.rows),
+            )
+            for read in reads
+        ]

@@ -280,10 +280,10 @@ def _failing_online_read(views: set[str] | None):
     """A ``FastOnlineReader._online_read`` whose store fails for ``views`` (None: all)."""
     original = online_features.FastOnlineReader._online_read
 
-    def online_read(self, view, keys, rows, features):
-        if views is None or view.name in views:
+    def online_read(self, reads):
+        if any(views is None or read.view.name in views for read in reads):
             raise ConnectionError("online store unavailable")
-        return original(self, view, keys, rows, features)
+        return original(self, reads)
 
     return online_read
 

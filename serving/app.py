@@ -25,13 +25,14 @@ import.
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import uvicorn
@@ -40,6 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.supervisors import Multiprocess
 
 from serving.dashboard import dashboard_router
 from serving.deps import AdminAccess, LoadedRanker
@@ -193,7 +195,8 @@ def health() -> Health:
 
 @router.get("/ready", response_model=Ready, responses={503: {"model": NotReady}})
 def ready(request: Request) -> Ready | JSONResponse:
-    """Readiness: 200 with each shelf's model once loaded, else 503 with the reason."""
+    """Readiness: 200 with each shelf's model once loaded (and this worker's snapshot
+    memory), else 503 with the reason."""
     ranker: HomeRanker | None = request.app.state.ranker
     if ranker is None:
         error = request.app.state.startup_error
@@ -224,7 +227,11 @@ def _ready(ranker: HomeRanker) -> Ready:
     ]
     healthy = all(not shelf.degraded and shelf.problem is None for shelf in shelves)
     return Ready(
-        status="ready" if healthy else "degraded", snapshot=ranker.snapshot.version, shelves=shelves
+        status="ready" if healthy else "degraded",
+        snapshot=ranker.snapshot.version,
+        snapshot_bytes=ranker.snapshot.nbytes,
+        worker_pid=os.getpid(),
+        shelves=shelves,
     )
 
 
@@ -339,10 +346,62 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the Home ranker with uvicorn until interrupted (the ``homerec serve`` command)."""
+APP_FACTORY = "serving.app:app_from_env"
+"""What each worker process imports and calls to build its app."""
+
+
+class WorkersError(UserError, ValueError):
+    """A number of serving workers below one."""
+
+
+def _export(settings: Settings) -> None:
+    """Put ``settings`` into this process's ``HOMEREC_*`` variables, which the workers
+    (spawned processes) inherit and ``app_from_env`` reads."""
+    for name, value in settings.as_environment().items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _run_workers(
+    settings: Settings, sock: socket.socket, workers: int, log_config: dict[str, Any] | None
+) -> None:
+    """``workers`` uvicorn processes on ``sock``, each building the app from the
+    environment; uvicorn's supervisor restarts a worker that dies."""
+    _export(settings)
+    config = uvicorn.Config(
+        APP_FACTORY,
+        factory=True,
+        workers=workers,
+        log_config=log_config,
+        h11_max_incomplete_event_size=settings.serve_max_header_bytes,
+    )
+    sock.set_inheritable(True)
+    Multiprocess(config, sockets=[sock]).run()
+
+
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    log_config: dict[str, Any] | None = None,
+) -> None:
+    """Run the Home ranker with uvicorn until interrupted (the ``homerec serve`` command).
+
+    One worker serves in this process. Several are uvicorn worker processes sharing the
+    socket, each with its own serving state (entity snapshot, models: memory grows with
+    ``workers``); they read ``settings`` from ``HOMEREC_*`` variables this function sets,
+    and set up logging with ``log_config`` (a ``logging.config.dictConfig`` dict; None:
+    uvicorn leaves it as a new process has it). The port is checked before anything loads."""
+    if workers < 1:
+        raise WorkersError(f"--workers must be at least 1, got {workers}")
     sock = listening_socket(host, port)
-    logger.info("serving %s on http://%s:%d", settings.data_dir, host, port)
+    logger.info("serving %s on http://%s:%d (%d workers)", settings.data_dir, host, port, workers)
+    if workers > 1:
+        _run_workers(settings, sock, workers, log_config)
+        return
     config = uvicorn.Config(
         create_app(settings),
         log_config=None,

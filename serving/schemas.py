@@ -123,6 +123,11 @@ class Ready(BaseModel):
         "because a newer one (or the registry) could not be read: see each shelf's problem.",
     )
     snapshot: str = Field(description="Materialization the in-memory entity snapshot holds.")
+    snapshot_bytes: int = Field(
+        description="Memory the entity snapshot takes in the worker that answered (each "
+        "worker of `homerec serve --workers N` holds its own)."
+    )
+    worker_pid: int = Field(description="Process id of the worker that answered.")
     shelves: list[ShelfModelInfo]
 
 

@@ -1,6 +1,7 @@
 """The ``homerec`` command line: thin commands over typed functions."""
 
 import json
+import logging
 import os
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -11,7 +12,7 @@ import typer
 from training.cli.drift import drift_command
 from training.cli.errors import ReportingGroup, failed_steps
 from training.cli.models import models_app
-from training.cli.output import configure_output
+from training.cli.output import configure_output, logging_config
 from training.core.constants import (
     DEFAULT_DAYS,
     DEFAULT_DEMO_TRAFFIC,
@@ -203,11 +204,20 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes (uvicorn workers); each holds its own snapshot and models."
+        ),
+    ] = 1,
 ) -> None:
     """Serve the Home ranker API (FastAPI) on the online store and trained models."""
     from serving.app import serve as run_server
 
-    run_server(_settings(ctx), host=host, port=port)
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    run_server(
+        _settings(ctx), host=host, port=port, workers=workers, log_config=logging_config(verbose)
+    )
 
 
 @app.command()

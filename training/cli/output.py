@@ -5,7 +5,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 HOMEREC_PACKAGES = ("training", "serving", "evaluation")
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -52,3 +52,24 @@ def configure_output(verbose: bool) -> None:
     for name in (*HOMEREC_PACKAGES, *SHOWN_LIBRARIES):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
     warnings.showwarning = _show_warning if verbose else _show_homerec_warning
+
+
+def logging_config(verbose: bool) -> dict[str, Any]:
+    """:func:`configure_output`'s loggers as a ``logging.config.dictConfig`` dict, for
+    processes that start unconfigured (``homerec serve --workers N``); its warning filter
+    does not carry over."""
+    level = "DEBUG" if verbose else "INFO"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"homerec": {"format": LOG_FORMAT}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "homerec",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": "DEBUG" if verbose else "WARNING", "handlers": ["stderr"]},
+        "loggers": {name: {"level": level} for name in (*HOMEREC_PACKAGES, *SHOWN_LIBRARIES)},
+    }

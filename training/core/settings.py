@@ -3,12 +3,15 @@
 Nothing reads the environment at import: callers build ``Settings()`` once and pass it on.
 """
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "HOMEREC_"
+"""Every setting is the variable ``HOMEREC_<NAME>`` (``data_dir``: ``HOMEREC_DATA_DIR``)."""
 DEFAULT_FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 """homerec's Feast repository: beside its packages, in a checkout and in a wheel alike."""
 
@@ -16,7 +19,7 @@ DEFAULT_FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 class Settings(BaseSettings):
     """Where homerec keeps its data and which Feast online store it uses."""
 
-    model_config = SettingsConfigDict(env_prefix="HOMEREC_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     env: Literal["development", "production"] = "development"
     """production: the dashboard (listener data) is off unless ``dashboard_token`` is set."""
@@ -85,6 +88,14 @@ class Settings(BaseSettings):
     feature_log_max_rows: int = Field(default=100_000, ge=1)
     """Rows the log holds in memory before it drops new samples (and counts them)."""
 
+    def as_environment(self) -> dict[str, str | None]:
+        """The ``HOMEREC_*`` variables from which ``Settings()`` in another process (a
+        serving worker) rebuilds these settings; None: the variable must be unset."""
+        return {
+            f"{ENV_PREFIX}{name.upper()}": _environment_value(getattr(self, name))
+            for name in type(self).model_fields
+        }
+
     @property
     def world_dir(self) -> Path:
         return self.data_dir / "world"
@@ -104,3 +115,14 @@ class Settings(BaseSettings):
     @property
     def served_features_dir(self) -> Path:
         return self.feature_log_dir or self.data_dir / "served_features"
+
+
+def _environment_value(value: Any) -> str | None:
+    """A setting as pydantic-settings reads it back: secrets in clear, dicts as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)

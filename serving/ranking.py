@@ -392,26 +392,25 @@ class Scored:
 def requested_rows(shelf: Shelf, item_ids: list[str], proposed: Candidates | None) -> Candidates:
     """``item_ids`` as rows to rank: an item stage 1 ``proposed`` keeps its source, reason
     and signals; any other has source ``"request"``, no reason and missing signals."""
-    n = len(item_ids)
-    position = {} if proposed is None else {item: i for i, item in enumerate(proposed.item_id)}
+    names = candidate_feature_names(shelf)
+    if proposed is None:
+        nothing = np.zeros(0, dtype=object)
+        signals = {name: np.zeros(0) for name in names}
+        proposed = Candidates(np.zeros(0, dtype=np.int64), nothing, nothing, nothing, signals)
+    position = {item: i for i, item in enumerate(proposed.item_id)}
     found = np.array([position.get(item, -1) for item in item_ids], dtype=np.intp)
-    hit = found >= 0
 
-    def pick(values: np.ndarray | None, missing: Any) -> np.ndarray:
-        if values is None:
-            return np.full(n, missing, dtype=object if missing is not np.nan else np.float64)
-        picked = np.append(values, np.array([missing], dtype=values.dtype))[found]
-        return picked
+    def pick(values: np.ndarray, missing: Any) -> np.ndarray:
+        """``values`` of each item, ``missing`` where stage 1 did not propose it."""
+        return np.append(values, np.array([missing], dtype=values.dtype))[found]
 
-    signals = {
-        name: pick(None if proposed is None else proposed.signals[name], np.nan)
-        for name in candidate_feature_names(shelf)
-    }
-    source = pick(None if proposed is None else proposed.source, REQUEST_SOURCE)
-    reason = pick(None if proposed is None else proposed.reason, None)
-    source[~hit], reason[~hit] = REQUEST_SOURCE, None
-    items = np.array(item_ids, dtype=object)
-    return Candidates(np.zeros(n, dtype=np.int64), items, source, reason, signals)
+    return Candidates(
+        np.zeros(len(item_ids), dtype=np.int64),
+        np.array(item_ids, dtype=object),
+        pick(proposed.source, REQUEST_SOURCE),
+        pick(proposed.reason, None),
+        {name: pick(proposed.signals[name], np.nan) for name in names},
+    )
 
 
 # --------------------------------------------------------------------------- the ranker
